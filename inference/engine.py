@@ -1,0 +1,339 @@
+"""The engine: one per process, it owns the model. A bounded queue, one worker thread, dynamic batching.
+
+Request threads validate, load media and run the processor (backend.prepare) in parallel, then
+`submit` a Job. The worker collects a batch (up to `max_batch_size` jobs; after the first arrives
+it waits at most `batch_wait_s` for more), runs one batched generation with per-row sampling and
+stopping, and completes each job the moment its row ends (EOS, its own max_new_tokens, or
+cancellation), not when the whole batch ends. Maintenance (cache clearing) runs between batches.
+
+Django-free: the services layer adapts it to the web app, and observers (metrics) subscribe to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from .backend import PreparedRow, is_out_of_memory
+from .errors import ClientDisconnected, OutOfMemory, Overloaded, RequestTimeout, VLMError
+from .sampling import RowSampling
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds, measured by the engine. ttft and total count from when the request was received."""
+
+    queue_s: float
+    preprocess_s: float
+    prefill_s: float
+    ttft_s: float
+    decode_s: float
+    total_s: float
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    input_tokens: int
+    output_tokens: int
+    visual_tokens: int
+    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
+    timings: Timings
+    batch_size: int
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's generation. Created by the request thread, completed by the worker."""
+
+    row: PreparedRow
+    sampling: RowSampling
+    max_new_tokens: int
+    received_at: float  # time.monotonic() when the HTTP request arrived
+    preprocess_s: float
+    deadline: float  # time.monotonic() past which the request has failed
+    on_token: Callable[[int], None] | None = None
+    request_id: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    enqueued_at: float = 0.0
+    started_at: float = 0.0
+    first_token_at: float = 0.0
+    batch_size: int = 0
+    finished: bool = False
+    future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """The client went away: drop it from the queue, or stop its row at the next token."""
+        self.cancelled.set()
+
+    def result(self) -> GenerationResult:
+        """Wait for the result until the deadline; raises the job's VLMError, or RequestTimeout."""
+        try:
+            return self.future.result(timeout=max(0.0, self.deadline - time.monotonic()))
+        except TimeoutError:
+            self.cancel()
+            raise RequestTimeout() from None
+
+
+class EngineObserver:
+    """Hooks for metrics; every method is optional and must be cheap (the worker calls them)."""
+
+    def queue_changed(self, waiting: int, running: int) -> None: ...
+
+    def batch_finished(self, size: int, seconds: float) -> None: ...
+
+    def out_of_memory(self) -> None: ...
+
+    def cache_cleared(self, trigger: str) -> None: ...
+
+
+def collect_batch(jobs: queue.Queue, *, max_size: int, wait_s: float, poll_s: float = 0.1) -> list:
+    """Block up to `poll_s` for a first item, then gather more until `max_size` or `wait_s` passes.
+
+    A pure function over a queue (unit-tested with a plain queue.Queue). `None` items are wake-ups
+    (maintenance is pending): they end the collection early and are not returned.
+    """
+    try:
+        first = jobs.get(timeout=poll_s)
+    except queue.Empty:
+        return []
+    if first is None:
+        return []
+    batch = [first]
+    closes_at = time.monotonic() + wait_s
+    while len(batch) < max_size:
+        remaining = closes_at - time.monotonic()
+        try:
+            item = jobs.get(timeout=remaining) if remaining > 0 else jobs.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            break
+        batch.append(item)
+    return batch
+
+
+class Engine:
+    """Owns the backend; the only thread that touches the model is this engine's worker."""
+
+    def __init__(
+        self,
+        backend,
+        *,
+        max_batch_size: int = 16,
+        batch_wait_s: float = 0.01,
+        max_queue: int = 64,
+        vram_threshold: float = 0.85,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self.max_queue = max_queue
+        self.vram_threshold = vram_threshold
+        self.observer = observer or EngineObserver()
+        self._jobs: queue.Queue = queue.Queue()
+        self._maintenance: queue.Queue = queue.Queue()
+        self._waiting = 0
+        self._running = 0
+        self._counts_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    # --- request threads -------------------------------------------------------------------------
+
+    @property
+    def num_waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def num_running(self) -> int:
+        return self._running
+
+    def check_capacity(self) -> None:
+        """Raise Overloaded when the queue is full: called before any media is fetched or decoded."""
+        if self._waiting >= self.max_queue:
+            raise Overloaded(retry_after=1)
+
+    def submit(self, job: Job) -> Job:
+        """Queue a prepared job; raises Overloaded when `max_queue` jobs already wait."""
+        with self._counts_lock:
+            if self._waiting >= self.max_queue:
+                raise Overloaded(retry_after=1)
+            self._waiting += 1
+        job.enqueued_at = time.monotonic()
+        self._jobs.put(job)
+        self._publish_counts()
+        return job
+
+    def run_between_batches(self, task: Callable[[], object], *, timeout: float | None = None) -> object:
+        """Run `task` on the worker thread between two batches (never during a generation)."""
+        future: Future = Future()
+        self._maintenance.put((task, future))
+        self._jobs.put(None)  # wake the worker if it is idle
+        return future.result(timeout=timeout)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="vlm-engine", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker:
+            self._worker.join(timeout=10)
+
+    # --- worker ----------------------------------------------------------------------------------
+
+    def _publish_counts(self) -> None:
+        self.observer.queue_changed(self._waiting, self._running)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self._run_maintenance()
+            jobs = collect_batch(self._jobs, max_size=self.max_batch_size, wait_s=self.batch_wait_s)
+            if not jobs:
+                continue
+            with self._counts_lock:
+                self._waiting -= len(jobs)
+            live = [job for job in jobs if self._still_wanted(job)]
+            if live:
+                self._run_batch(live)
+                self._clear_cache_if_above_threshold()
+            self._publish_counts()
+
+    def _still_wanted(self, job: Job) -> bool:
+        """Jobs whose client left, or whose deadline passed while queued, never reach the model."""
+        if job.cancelled.is_set():
+            job.future.set_exception(ClientDisconnected())
+            return False
+        if time.monotonic() >= job.deadline:
+            job.future.set_exception(RequestTimeout())
+            return False
+        return True
+
+    def _run_maintenance(self) -> None:
+        while True:
+            try:
+                task, future = self._maintenance.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(task())
+            except Exception as error:  # reported to the caller, the worker keeps serving
+                future.set_exception(error)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Generate for `jobs`; on out-of-memory, clear the cache and retry in halves."""
+        started = time.monotonic()
+        self._running = len(jobs)
+        self._publish_counts()
+        for job in jobs:
+            job.started_at, job.batch_size = started, len(jobs)
+            job.token_ids.clear()
+        try:
+            self.backend.generate(
+                [job.row for job in jobs],
+                [job.sampling for job in jobs],
+                max_new_tokens=max(job.max_new_tokens for job in jobs),
+                on_step=lambda tokens: self._on_step(jobs, tokens),
+                finished=lambda: [job.finished for job in jobs],
+            )
+        except Exception as error:
+            self._running = 0
+            if is_out_of_memory(error):
+                self._recover_from_oom(jobs)
+                return
+            logger.exception("generation failed for a batch of %d", len(jobs))
+            self._fail(jobs, VLMError())
+            return
+        finally:
+            self.observer.batch_finished(len(jobs), time.monotonic() - started)
+        self._running = 0
+        # A row can outlive generate only if generate stopped early for its own reasons (max length).
+        for job in jobs:
+            if not job.finished:
+                self._finish(job, "length")
+
+    def _recover_from_oom(self, jobs: list[Job]) -> None:
+        self.observer.out_of_memory()
+        self.backend.clear_cache()
+        self.observer.cache_cleared("oom")
+        # Rows that already streamed tokens to a client cannot be replayed invisibly.
+        retry = [job for job in jobs if not job.finished and not (job.on_token and job.token_ids)]
+        self._fail([job for job in jobs if job not in retry], OutOfMemory())
+        if len(retry) == len(jobs) == 1:
+            self._fail(retry, OutOfMemory())
+            return
+        logger.warning("out of memory in a batch of %d; retrying in halves", len(jobs))
+        half = max(1, len(retry) // 2)
+        for part in (retry[:half], retry[half:]):
+            if part:
+                self._run_batch(part)
+
+    def _fail(self, jobs: Sequence[Job], error: VLMError) -> None:
+        for job in jobs:
+            if not job.finished:
+                job.finished = True
+                job.future.set_exception(error)
+
+    def _on_step(self, jobs: list[Job], tokens: list[int]) -> None:
+        now = time.monotonic()
+        eos = self.backend.eos_token_ids
+        for job, token in zip(jobs, tokens, strict=True):
+            if job.finished:
+                continue
+            if job.cancelled.is_set():
+                self._fail([job], ClientDisconnected())
+                continue
+            if not job.token_ids:
+                job.first_token_at = now
+            if token in eos:
+                self._finish(job, "stop")
+                continue
+            job.token_ids.append(token)
+            if job.on_token:
+                job.on_token(token)
+            if len(job.token_ids) >= job.max_new_tokens:
+                self._finish(job, "length")
+
+    def _finish(self, job: Job, reason: str) -> None:
+        """Complete one row now, while the rest of its batch goes on."""
+        job.finished = True
+        now = time.monotonic()
+        first = job.first_token_at or now
+        timings = Timings(
+            queue_s=job.started_at - job.enqueued_at,
+            preprocess_s=job.preprocess_s,
+            prefill_s=first - job.started_at,
+            ttft_s=first - job.received_at,
+            decode_s=now - first,
+            total_s=now - job.received_at,
+        )
+        job.future.set_result(
+            GenerationResult(
+                text=self.backend.decode(job.token_ids),
+                token_ids=list(job.token_ids),
+                input_tokens=job.row.input_tokens,
+                output_tokens=len(job.token_ids),
+                visual_tokens=job.row.visual_tokens,
+                finish_reason=reason,
+                timings=timings,
+                batch_size=job.batch_size,
+            )
+        )
+
+    def _clear_cache_if_above_threshold(self) -> None:
+        if self.backend.memory().usage_fraction > self.vram_threshold:
+            self.backend.clear_cache()
+            self.observer.cache_cleared("auto")

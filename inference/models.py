@@ -1,0 +1,62 @@
+"""The request log: one row per API request, successful or not."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class RequestLog(models.Model):
+    """What was asked, by whom, what it cost and how long each stage took. Never media bytes."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, verbose_name="request id")
+    received_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    endpoint = models.CharField(max_length=100)
+    method = models.CharField(max_length=10)
+    status_code = models.PositiveSmallIntegerField()
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    api_key = models.CharField(max_length=100, blank=True, help_text="Name of the API key used, if any.")
+    model = models.CharField(max_length=200, blank=True)
+
+    max_new_tokens = models.PositiveIntegerField(null=True, blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    num_messages = models.PositiveIntegerField(default=0)
+    prompt_preview = models.CharField(max_length=200, blank=True, help_text="Start of the last user text.")
+
+    num_images = models.PositiveIntegerField(default=0)
+    num_videos = models.PositiveIntegerField(default=0)
+    media = models.JSONField(
+        default=list, blank=True, help_text="Per media item: kind, source kind, sha256, width, height."
+    )
+    visual_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    queue_ms = models.FloatField(null=True, blank=True)
+    preprocess_ms = models.FloatField(null=True, blank=True)
+    ttft_ms = models.FloatField("time to first token (ms)", null=True, blank=True)
+    decode_ms = models.FloatField(null=True, blank=True)
+    total_ms = models.FloatField(null=True, blank=True)
+    output_tokens_per_s = models.FloatField(null=True, blank=True)
+    batch_size = models.PositiveSmallIntegerField(null=True, blank=True)
+
+    finish_reason = models.CharField(max_length=20, blank=True)
+    error_reason = models.CharField(max_length=40, blank=True)
+    error_detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [
+            # The admin's filters and the dashboard's windows: each filter combined with the date order.
+            models.Index(fields=["status_code", "received_at"]),
+            models.Index(fields=["endpoint", "received_at"]),
+            models.Index(fields=["model", "received_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.endpoint} {self.status_code} ({self.id})"

@@ -1,0 +1,321 @@
+"""Business logic between the thin views and the engine: generation, VRAM control, the request record.
+
+Media is fetched and decoded here, in the request thread, before the job is queued, so the model
+never waits on the network; only the engine's worker touches the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from monitoring import metrics
+
+from . import media
+from .backend import MemoryStats, memory_stats, resolve_device
+from .engine import GenerationResult, Job
+from .errors import InvalidRequest, MediaError
+from .models import RequestLog
+from .runtime import runtime
+from .sampling import RowSampling
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_CHARS = 200
+
+
+@dataclass
+class RequestRecord:
+    """What the request log row will hold, filled in as the request goes through the layers."""
+
+    request_id: uuid.UUID
+    received_at: datetime
+    received_monotonic: float
+    endpoint: str
+    method: str
+    client_ip: str | None
+    status_code: int = 0
+    api_key: str = ""
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    num_messages: int = 0
+    prompt_preview: str = ""
+    media: list[dict] = field(default_factory=list)
+    result: GenerationResult | None = None
+    error_reason: str = ""
+    error_detail: str = ""
+
+    @property
+    def num_images(self) -> int:
+        return sum(item["kind"] == "image" for item in self.media)
+
+    @property
+    def num_videos(self) -> int:
+        return sum(item["kind"] == "video" for item in self.media)
+
+
+def media_policy() -> media.MediaPolicy:
+    """The media loader's limits, from settings (built per request: cheap, and tests override settings)."""
+    return media.MediaPolicy(
+        allowed_root=settings.VLM_ALLOWED_MEDIA_ROOT,
+        allow_private_urls=settings.VLM_ALLOW_PRIVATE_MEDIA_URLS,
+        allowed_domains=tuple(settings.VLM_ALLOWED_MEDIA_DOMAINS),
+        max_image_bytes=settings.VLM_MAX_IMAGE_BYTES,
+        max_video_bytes=settings.VLM_MAX_VIDEO_BYTES,
+        max_image_pixels=settings.VLM_MAX_PIXELS,
+        min_image_pixels=settings.VLM_MIN_PIXELS,
+        video_fps=settings.VLM_VIDEO_FPS,
+        max_video_frames=settings.VLM_MAX_VIDEO_FRAMES,
+        max_video_seconds=settings.VLM_MAX_VIDEO_SECONDS,
+    )
+
+
+def generation_run(
+    *,
+    record: RequestRecord,
+    messages: list[dict],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    on_token: Callable[[int], None] | None = None,
+) -> GenerationResult:
+    """Validate limits, load media, prepare inputs, queue the job and wait for its result."""
+    record.max_new_tokens, record.temperature, record.top_p = max_new_tokens, temperature, top_p
+    record.num_messages = len(messages)
+    if settings.VLM_LOG_PROMPTS:
+        record.prompt_preview = _last_user_text(messages)[:PREVIEW_CHARS]
+    engine = runtime.engine_or_raise()
+    # Refuse before any media is fetched or decoded: the cheap checks first.
+    engine.check_capacity()
+    _check_media_counts(messages)
+    started = time.monotonic()
+    conversation = _load_media(messages, record)
+    row = runtime.backend.prepare(conversation)
+    runtime.backend.check_fits(row, max_new_tokens)
+    preprocess_s = time.monotonic() - started
+    metrics.PREPROCESS_TIME.labels(runtime.model_name).observe(preprocess_s)
+    job = Job(
+        row=row,
+        sampling=RowSampling(temperature=temperature, top_p=top_p),
+        max_new_tokens=max_new_tokens,
+        received_at=record.received_monotonic,
+        preprocess_s=preprocess_s,
+        deadline=record.received_monotonic + settings.VLM_REQUEST_TIMEOUT_S,
+        on_token=on_token,
+        request_id=str(record.request_id),
+    )
+    engine.submit(job)
+    record.result = job.result()
+    return record.result
+
+
+def _last_user_text(messages: list[dict]) -> str:
+    for message in reversed(messages):
+        if message["role"] != "user":
+            continue
+        content = message["content"]
+        if isinstance(content, str):
+            return content
+        return " ".join(item["text"] for item in content if item["type"] == "text")
+    return ""
+
+
+def _media_items(messages: list[dict]):
+    """(location, item) for every image and video item, in order."""
+    for message_index, message in enumerate(messages):
+        if isinstance(message["content"], str):
+            continue
+        for item_index, item in enumerate(message["content"]):
+            if item["type"] in ("image", "video"):
+                yield f"messages[{message_index}].content[{item_index}].{item['type']}", item
+
+
+def _check_media_counts(messages: list[dict]) -> None:
+    kinds = [item["type"] for _, item in _media_items(messages)]
+    for kind, limit in (("image", settings.VLM_MAX_IMAGES_PER_REQUEST), ("video", settings.VLM_MAX_VIDEOS_PER_REQUEST)):
+        if kinds.count(kind) > limit:
+            metrics.MEDIA_REJECTED.labels(runtime.model_name, "too_many").inc()
+            raise InvalidRequest(f"messages: at most {limit} {kind}s per request, got {kinds.count(kind)}")
+
+
+def _load_media(messages: list[dict], record: RequestRecord) -> list[dict]:
+    """The conversation in qwen-vl-utils' form, every media item replaced by loaded pixels."""
+    policy = media_policy()
+    loaded: dict[int, dict] = {}
+    for location, item in _media_items(messages):
+        try:
+            loaded[id(item)] = _load_one(item, policy, record)
+        except MediaError as error:
+            metrics.MEDIA_REJECTED.labels(runtime.model_name, error.media_reason).inc()
+            raise MediaError(f"{location}: {error.detail}", media_reason=error.media_reason) from error
+    conversation = []
+    for message in messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = [loaded.get(id(item)) or {"type": "text", "text": item["text"]} for item in content]
+        conversation.append({"role": message["role"], "content": content})
+    return conversation
+
+
+def _load_one(item: dict, policy: media.MediaPolicy, record: RequestRecord) -> dict:
+    kind = item["type"]
+    if kind == "image":
+        image = media.load_image(
+            item["image"], policy, max_pixels=item.get("max_pixels"), min_pixels=item.get("min_pixels")
+        )
+        pixels, seconds = image.image, image.fetch_seconds
+        entry = {"type": "image", "image": image.image}
+        summary = {"sha256": image.sha256, "source": image.source_kind, "size": list(image.original_size)}
+    else:
+        video = media.load_video(
+            item["video"], policy, fps=item.get("fps"), nframes=item.get("nframes"), max_pixels=item.get("max_pixels")
+        )
+        pixels, seconds = video.frames[0], video.fetch_seconds
+        # Frames are already sized by the media loader; these bounds keep qwen-vl-utils from resizing again.
+        entry = {
+            "type": "video",
+            "video": video.frames,
+            "sample_fps": video.sample_fps,
+            "min_pixels": pixels.width * pixels.height,
+            "max_pixels": pixels.width * pixels.height,
+        }
+        summary = {
+            "sha256": video.sha256,
+            "source": video.source_kind,
+            "size": list(video.original_size),
+            "frames": len(video.frames),
+            "duration_s": round(video.duration_s, 3),
+        }
+    width, height = summary["size"]
+    metrics.MEDIA_FETCH_TIME.labels(runtime.model_name, kind).observe(seconds)
+    if kind == "image":
+        metrics.REQUEST_IMAGE_PIXELS.labels(runtime.model_name).observe(width * height)
+    record.media.append({"kind": kind, **summary, "resized": [pixels.width, pixels.height]})
+    return entry
+
+
+# --- VRAM ----------------------------------------------------------------------------------------
+
+
+def vram_status() -> MemoryStats:
+    """Memory of the model's device; before the model is loaded, of the device it will use."""
+    if runtime.backend is not None:
+        stats = runtime.backend.memory()
+    else:
+        try:
+            device = resolve_device(settings.VLM_DEVICE)
+        except RuntimeError:
+            device = "cpu"
+        stats = memory_stats(device)
+    metrics.observe_memory(runtime.model_name, stats)
+    return stats
+
+
+def vram_clear(*, trigger: str = "manual") -> dict:
+    """gc.collect() and torch.cuda.empty_cache() on the engine's worker, between two batches."""
+    engine = runtime.engine_or_raise()
+    before = runtime.backend.memory()
+    engine.run_between_batches(runtime.backend.clear_cache, timeout=settings.VLM_REQUEST_TIMEOUT_S)
+    after = runtime.backend.memory()
+    metrics.VRAM_CLEARS.labels(runtime.model_name, trigger).inc()
+    metrics.observe_memory(runtime.model_name, after)
+    return {
+        "status": "cleared",
+        "before": before.as_dict(),
+        "after": after.as_dict(),
+        "freed_gb": round(before.reserved_gb - after.reserved_gb, 3),
+    }
+
+
+# --- the request log -----------------------------------------------------------------------------
+
+
+def request_finish(*, record: RequestRecord) -> None:
+    """Write the record's row and count it in the metrics. Never raises: losing a log row must not
+    fail the response, but it is logged loudly."""
+    try:
+        _observe_request(record)
+    except Exception:
+        logger.exception("metrics for request %s failed", record.request_id)
+    try:
+        request_log_record(record=record)
+    except Exception:
+        logger.exception("could not write the request log row for %s", record.request_id)
+
+
+def request_log_record(*, record: RequestRecord) -> RequestLog:
+    """Insert the row for one request."""
+    close_old_connections()
+    result = record.result
+    row = RequestLog(
+        id=record.request_id,
+        received_at=record.received_at,
+        finished_at=timezone.now(),
+        endpoint=record.endpoint,
+        method=record.method,
+        status_code=record.status_code,
+        client_ip=record.client_ip,
+        api_key=record.api_key,
+        model=runtime.model_name if record.endpoint.endswith("generate") else "",
+        max_new_tokens=record.max_new_tokens,
+        temperature=record.temperature,
+        top_p=record.top_p,
+        num_messages=record.num_messages,
+        prompt_preview=record.prompt_preview,
+        num_images=record.num_images,
+        num_videos=record.num_videos,
+        media=record.media,
+        error_reason=record.error_reason,
+        error_detail=record.error_detail[:4000],
+    )
+    if result is not None:
+        timings = result.timings
+        row.visual_tokens = result.visual_tokens
+        row.input_tokens = result.input_tokens
+        row.output_tokens = result.output_tokens
+        row.total_tokens = result.input_tokens + result.output_tokens
+        row.queue_ms = timings.queue_s * 1000
+        row.preprocess_ms = timings.preprocess_s * 1000
+        row.ttft_ms = timings.ttft_s * 1000
+        row.decode_ms = timings.decode_s * 1000
+        row.total_ms = timings.total_s * 1000
+        row.output_tokens_per_s = result.output_tokens / timings.decode_s if timings.decode_s > 0 else None
+        row.batch_size = result.batch_size
+        row.finish_reason = result.finish_reason
+    else:
+        row.total_ms = (time.monotonic() - record.received_monotonic) * 1000
+    row.save(force_insert=True)
+    return row
+
+
+def _observe_request(record: RequestRecord) -> None:
+    model = runtime.model_name
+    metrics.REQUESTS.labels(record.endpoint, str(record.status_code)).inc()
+    if record.error_reason:
+        metrics.REQUEST_FAILURE.labels(model, record.error_reason).inc()
+    result = record.result
+    if result is None or record.status_code >= 400:
+        return
+    timings = result.timings
+    metrics.REQUEST_SUCCESS.labels(model, result.finish_reason).inc()
+    metrics.PROMPT_TOKENS.labels(model).inc(result.input_tokens)
+    metrics.GENERATION_TOKENS.labels(model).inc(result.output_tokens)
+    metrics.E2E_LATENCY.labels(model).observe(timings.total_s)
+    metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(timings.ttft_s)
+    metrics.QUEUE_TIME.labels(model).observe(timings.queue_s)
+    metrics.PREFILL_TIME.labels(model).observe(timings.prefill_s)
+    metrics.DECODE_TIME.labels(model).observe(timings.decode_s)
+    if result.output_tokens > 1:
+        metrics.TIME_PER_OUTPUT_TOKEN.labels(model).observe(timings.decode_s / (result.output_tokens - 1))
+    metrics.REQUEST_PROMPT_TOKENS.labels(model).observe(result.input_tokens)
+    metrics.REQUEST_GENERATION_TOKENS.labels(model).observe(result.output_tokens)
+    metrics.REQUEST_VISUAL_TOKENS.labels(model).observe(result.visual_tokens)

@@ -1,0 +1,116 @@
+"""The real thing: gunicorn serving the tiny model as `make demo` does, talked to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import data_uri, png_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gunicorn")
+    database = workdir / "db.sqlite3"
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "VLM_MODEL": str(tiny_model_path),
+        "VLM_DEVICE": "cpu",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "SECRET_KEY": "gunicorn-test",
+        "VLM_THREADS": "16",
+    }
+    bin_dir = Path(sys.executable).parent
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    log = open(workdir / "gunicorn.log", "w")
+    process = subprocess.Popen(
+        [str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "vlmsite.wsgi"], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    states = []
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(f"{base}/health", timeout=2)
+            states.append(response.json()["status"])
+            if response.status_code == 200:
+                break
+        except (requests.ConnectionError, requests.Timeout):  # the worker is still importing Django and torch
+            pass
+        assert process.poll() is None, (workdir / "gunicorn.log").read_text()
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("gunicorn did not become healthy:\n" + (workdir / "gunicorn.log").read_text())
+    yield base, database, states
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def test_health_goes_from_loading_to_healthy(server):
+    base, _, states = server
+    assert states[-1] == "healthy"
+    assert "loading" in states  # /health answered while the weights loaded
+    body = requests.get(f"{base}/health", timeout=5).json()
+    assert body["status"] == "healthy" and body["model_loaded"] is True and body["device"] == "cpu"
+
+
+def test_concurrent_generations_all_answer_and_are_on_record(server):
+    base, database, _ = server
+    bodies = [
+        {"messages": [{"role": "user", "content": f"Question number {index}"}], "max_new_tokens": 8}
+        for index in range(6)
+    ] + [
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": data_uri(png_bytes())}, {"type": "text", "text": "?"}],
+                }
+            ],
+            "max_new_tokens": 8,
+        }
+    ] * 2
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda body: requests.post(f"{base}/api/v1/generate", json=body, timeout=60), bodies))
+    assert [response.status_code for response in responses] == [200] * 8
+    assert all(response.json()["usage"]["output_tokens"] == 8 for response in responses)
+    ids = {response.json()["request_id"] for response in responses}
+    with sqlite3.connect(database) as connection:
+        stored = {row[0].replace("-", "") for row in connection.execute("SELECT id FROM inference_requestlog")}
+    assert {request_id.replace("-", "") for request_id in ids} <= stored
+
+
+def test_errors_over_http_and_metrics(server):
+    base, _, _ = server
+    response = requests.post(f"{base}/api/v1/generate", json={"messages": []}, timeout=10)
+    assert response.status_code == 400 and "detail" in response.json()
+    assert requests.get(f"{base}/vram_status", timeout=5).json()["device"] == "cpu"
+    assert requests.post(f"{base}/clear_vram", timeout=30).status_code == 200
+    metrics = requests.get(f"{base}/metrics", timeout=5).text
+    assert "vlm_generation_tokens_total" in metrics
+    assert 'vlm_requests_total{endpoint="/api/v1/generate",status="400"}' in metrics
+    assert "django_http_requests_total_by_method_total" in metrics
