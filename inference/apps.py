@@ -26,6 +26,12 @@ class InferenceConfig(AppConfig):
         from . import checks  # noqa: F401  (registers the system checks)
 
         if serving_http():
+            from django.urls import get_resolver
+
             from .runtime import runtime
 
+            # Import the views now, before the loader thread starts importing transformers' processor
+            # modules: otherwise the first request waits on Python's import lock for the whole load,
+            # and /health could not answer "loading".
+            get_resolver().url_patterns  # noqa: B018
             runtime.start_loading()

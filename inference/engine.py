@@ -75,13 +75,23 @@ class Job:
         """The client went away: drop it from the queue, or stop its row at the next token."""
         self.cancelled.set()
 
-    def result(self) -> GenerationResult:
-        """Wait for the result until the deadline; raises the job's VLMError, or RequestTimeout."""
-        try:
-            return self.future.result(timeout=max(0.0, self.deadline - time.monotonic()))
-        except TimeoutError:
-            self.cancel()
-            raise RequestTimeout() from None
+    def result(self, *, client_gone: Callable[[], bool] | None = None, poll_s: float = 0.25) -> GenerationResult:
+        """Wait for the result until the deadline; raises the job's VLMError, or RequestTimeout.
+
+        `client_gone`, checked every `poll_s`, lets the caller cancel the job when its client has
+        disconnected: the job leaves the queue, or its row stops at the next token.
+        """
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                self.cancel()
+                raise RequestTimeout()
+            try:
+                return self.future.result(timeout=min(remaining, poll_s) if client_gone else remaining)
+            except TimeoutError:
+                if client_gone is not None and client_gone():
+                    self.cancel()
+                    raise ClientDisconnected() from None
 
 
 class EngineObserver:

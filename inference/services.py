@@ -87,6 +87,7 @@ def generation_run(
     temperature: float,
     top_p: float,
     on_token: Callable[[int], None] | None = None,
+    client_gone: Callable[[], bool] | None = None,
 ) -> GenerationResult:
     """Validate limits, load media, prepare inputs, queue the job and wait for its result."""
     record.max_new_tokens, record.temperature, record.top_p = max_new_tokens, temperature, top_p
@@ -114,7 +115,7 @@ def generation_run(
         request_id=str(record.request_id),
     )
     engine.submit(job)
-    record.result = job.result()
+    record.result = job.result(client_gone=client_gone)
     return record.result
 
 

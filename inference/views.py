@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import services
+from .disconnect import client_gone_check
 from .runtime import runtime
 from .serializers import GenerateRequestSerializer
 
@@ -41,7 +42,10 @@ class GenerateApi(APIView):
         serializer.is_valid(raise_exception=True)
         record = request.vlm_record
         result = services.generation_run(
-            record=record, messages=serializer.validated_data["messages"], **serializer.validated_params()
+            record=record,
+            messages=serializer.validated_data["messages"],
+            client_gone=client_gone_check(request.META),
+            **serializer.validated_params(),
         )
         timings = result.timings
         return Response(

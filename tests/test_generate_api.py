@@ -252,3 +252,27 @@ def test_client_request_id_is_kept_when_valid(api):
     assert RequestLog.objects.filter(id=request_id).exists()
     response = api.post(GENERATE, user("hi"), **{"X-Request-ID": "not-a-uuid"})
     assert response.json()["request_id"] != "not-a-uuid"
+
+
+def test_full_queue_is_503_with_retry_after_before_media_is_touched(api, monkeypatch, metrics_delta):
+    overloaded = metrics_delta("vlm_request_failure_total", reason="overloaded")
+    fetched = []
+    monkeypatch.setattr("inference.media.load_image", lambda *args, **kwargs: fetched.append(args))
+    monkeypatch.setattr(runtime.engine, "max_queue", 0)
+    response = api.post(GENERATE, user([{"type": "image", "image": "http://192.0.2.1/x.png"}]))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "overloaded" in response.json()["detail"]
+    assert fetched == []
+    assert RequestLog.objects.get().error_reason == "overloaded"
+    assert overloaded() == 1
+
+
+def test_past_the_deadline_is_504_and_the_engine_moves_on(api, settings):
+    settings.VLM_REQUEST_TIMEOUT_S = 0.3
+    response = api.post(GENERATE, {**user("long answer please"), "max_new_tokens": 3000})
+    assert response.status_code == 504
+    row = RequestLog.objects.get()
+    assert (row.status_code, row.error_reason) == (504, "timeout")
+    settings.VLM_REQUEST_TIMEOUT_S = 60
+    assert api.post(GENERATE, user("next")).status_code == 200

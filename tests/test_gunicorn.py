@@ -114,3 +114,36 @@ def test_errors_over_http_and_metrics(server):
     assert "vlm_generation_tokens_total" in metrics
     assert 'vlm_requests_total{endpoint="/api/v1/generate",status="400"}' in metrics
     assert "django_http_requests_total_by_method_total" in metrics
+
+
+def test_a_client_that_disconnects_stops_its_generation_and_is_on_record(server):
+    base, database, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    body = b'{"messages": [{"role": "user", "content": "write forever"}], "max_new_tokens": 4000}'
+    request_id = "0b6f7c9e-55aa-4c1e-9d0e-3b1f0c2a9e71"
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /api/v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            + f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(1.0)
+    # The model is free again well before 4000 tokens could have been generated.
+    started = time.monotonic()
+    response = requests.post(
+        f"{base}/api/v1/generate",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_new_tokens": 2},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 10
+    row = None
+    while time.monotonic() < deadline and row is None:
+        with sqlite3.connect(database) as connection:
+            row = connection.execute(
+                "SELECT status_code, error_reason FROM inference_requestlog WHERE id = ?",
+                (request_id.replace("-", ""),),
+            ).fetchone()
+        time.sleep(0.1)
+    assert row == (499, "cancelled")
