@@ -163,20 +163,25 @@ class QwenVLBackend:
 
     def load(self) -> None:
         """Load processor and weights: bf16 + sdpa on CUDA, fp32 on the CPU (bf16 matmuls are slow there)."""
-        self.device = resolve_device(self.requested_device)
-        on_gpu = self.device == "cuda"
-        self.processor = AutoProcessor.from_pretrained(self.model_path)
-        # Left padding: every row's last position is its real last token, which batched decoding needs.
-        self.processor.tokenizer.padding_side = "left"
+        device = resolve_device(self.requested_device)
+        processor = AutoProcessor.from_pretrained(self.model_path)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             self.model_path,
-            dtype=torch.bfloat16 if on_gpu else torch.float32,
+            dtype=torch.bfloat16 if device == "cuda" else torch.float32,
             attn_implementation="sdpa",
+            device_map=device,  # straight onto the device, not through host memory first
         )
-        model.to(self.device).eval()
-        eos_ids = model.generation_config.eos_token_id or self.processor.tokenizer.eos_token_id
+        self.attach(model, processor, device)
+        logger.info("loaded %s on %s (context %d)", self.model_path, self.device, self.context_length)
+
+    def attach(self, model, processor, device: str) -> None:
+        """Serve an already-built model and processor (load() and the GPU benchmark's random 7B)."""
+        # Left padding: every row's last position is its real last token, which batched decoding needs.
+        processor.tokenizer.padding_side = "left"
+        model.eval()
+        eos_ids = model.generation_config.eos_token_id or processor.tokenizer.eos_token_id
         self.eos_token_ids = frozenset(eos_ids if isinstance(eos_ids, list) else [eos_ids])
-        self.pad_token_id = self.processor.tokenizer.pad_token_id
+        self.pad_token_id = processor.tokenizer.pad_token_id
         # The checkpoint's generation_config (top_k=1, repetition_penalty=1.05, ...) would be merged
         # into every call; sampling is ours per row, so generate gets a neutral config.
         model.generation_config = GenerationConfig(
@@ -185,8 +190,7 @@ class QwenVLBackend:
         self.context_length = int(model.config.text_config.max_position_embeddings)
         self.image_token_id = model.config.image_token_id
         self.video_token_id = model.config.video_token_id
-        self.model = model
-        logger.info("loaded %s on %s (context %d)", self.model_path, self.device, self.context_length)
+        self.model, self.processor, self.device = model, processor, device
 
     def prepare(self, conversation: list[dict]) -> PreparedRow:
         """Chat template + vision inputs + processor for one request.

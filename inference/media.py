@@ -2,8 +2,8 @@
 
 Every limit lives in `MediaPolicy`, which the server fills from settings. Each refusal raises `MediaError`
 with a plain-words detail that never names resolved addresses or real paths; the caller prefixes the
-location (`messages[0].content[1].image: `). Images and frames come out already resized the way Qwen2.5-VL
-wants them (sides multiples of 28, pixel count within the budget), so nothing downstream needs to resize.
+location (`messages[0].content[1].image: `). Images and frames leave here resized the way Qwen2.5-VL wants
+them (sides multiples of 28, pixel count within the budget), so nothing downstream needs to resize.
 
 Why so careful (notes/anchors.md, "Security lessons"): vLLM shipped SSRF through media URLs
 (CVE-2025-6242), two URL parsers disagreeing about `\\` (CVE-2026-24779), fetching the raw instead of the
@@ -43,72 +43,70 @@ from inference.errors import MediaError
 logger = logging.getLogger(__name__)
 
 QWEN_FACTOR = 28  # vision patch 14 × spatial merge 2: every side the model sees is a multiple of this
-QWEN_MAX_ASPECT_RATIO = 200.0  # qwen_vl_utils.smart_resize raises ValueError beyond this
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
 class MediaPolicy:
     """Every media limit in one place; the server builds one from settings."""
 
-    allowed_root: str | None = None  # file paths load only from under this folder; None refuses file paths
-    allow_private_urls: bool = False  # lifts ONLY the non-public address rule (tests use a 127.0.0.1 origin)
-    allowed_domains: tuple[
-        str, ...
-    ] = ()  # empty: any host; else the host equals one or is a subdomain of one
-    max_image_bytes: int = 20 * 1024 * 1024  # raw bytes of one image, enforced while streaming
-    max_video_bytes: int = 200 * 1024 * 1024  # raw bytes of one video, enforced while streaming
-    image_deadline_s: float = 10.0  # TOTAL wall clock of one fetch (DNS, connect, redirects, body)
+    allowed_root: str | None = None  # file paths load only from under this folder; None refuses them
+    allow_private_urls: bool = False  # lifts ONLY the non-public address rule (tests: a 127.0.0.1 origin)
+    allowed_domains: tuple[str, ...] = ()  # empty: any host; else the host or a parent domain is listed
+    max_image_bytes: int = 20 * 1024 * 1024  # raw bytes of one image, counted while streaming
+    max_video_bytes: int = 200 * 1024 * 1024  # raw bytes of one video, counted while streaming
+    image_deadline_s: float = 10.0  # TOTAL wall clock of one fetch: DNS, connect, redirects, body
     video_deadline_s: float = 30.0  # the same for a video
     max_redirects: int = 3  # each hop is parsed, resolved and checked like the first
     max_image_pixels: int = 1280 * 28 * 28  # images are scaled down to at most this (1280 visual tokens)
-    min_image_pixels: int = 4 * 28 * 28  # and up to at least this (keep >= the processor's min_pixels)
-    max_decode_pixels: int = 64_000_000  # header width×height above this is a decompression bomb
+    min_image_pixels: int = 4 * 28 * 28  # and up to about this (the HF processor's min_pixels)
+    max_decode_pixels: int = 64_000_000  # width×height from the header above this: a decompression bomb
     max_aspect_ratio: float = 200.0  # long side / short side; at most qwen's own 200
-    video_fps: float = 2.0  # frames sampled per second of video (the cap for a client's fps)
-    max_video_frames: int = 64  # sampled frames per video; more are spread evenly instead
+    video_fps: float = 2.0  # frames sampled per second of video, and the cap on a client's fps
+    max_video_frames: int = 64  # frames per video; when fps would give more, these are spread evenly
     max_video_seconds: float = 600.0  # longer videos are refused before decoding
-    # Per-frame pixel cap. A quarter of qwen's 768*28*28: frames up to ~388×388, so 64 frames (two per
-    # temporal patch) cost at most 6144 visual tokens; qwen's default would allow 24,576 and a 5 s video
-    # once made a 43,698-token prompt in vLLM.
+    # Per-frame pixel cap: a quarter of qwen's 768*28*28, frames up to ~388×388, so 64 frames (two per
+    # temporal patch) cost at most 6144 visual tokens. Qwen's default allows 24,576 for the same frames,
+    # and a 5 s video once made a 43,698-token prompt in vLLM.
     video_max_frame_pixels: int = 768 * 28 * 28 // 4
     # Per-frame floor: qwen's VIDEO_MIN_TOKEN_NUM and the HF video processor's shortest_edge, so frames
-    # leave here at a size the processor keeps as is. Wins over the two caps when they would go below it.
+    # leave here at a size the processor keeps. A total budget below it is raised to it.
     video_min_frame_pixels: int = 128 * 28 * 28
-    # Pixels over ALL frames: per-frame = min(video_max_frame_pixels, this / frames). Equal to 64 full
-    # frames, so raising max_video_frames shrinks frames instead of growing the prompt past 6144 tokens.
+    # Pixels over ALL frames; per frame min(video_max_frame_pixels, this / frames). 64 full frames, so
+    # raising max_video_frames shrinks frames instead of growing the prompt past 6144 visual tokens.
     video_total_pixels: int = 64 * (768 * 28 * 28 // 4)
-    # Frames decoded (not kept) per video: bounds the work for broken timestamps or a keyframe-less
-    # stream; the longest allowed video at 30 fps decodes in full within it.
+    # Frames decoded (not kept) per video: bounds the work on broken timestamps or keyframe-less
+    # streams. The longest allowed video at 30 fps fits; seeking makes most videos need far fewer.
     video_max_decoded_frames: int = 18_000
 
     def __post_init__(self) -> None:
-        problems = [
-            (self.min_image_pixels < QWEN_FACTOR**2, "min_image_pixels must be at least 28*28"),
-            (self.max_image_pixels < self.min_image_pixels, "max_image_pixels must be >= min_image_pixels"),
-            (not 1 <= self.max_aspect_ratio <= QWEN_MAX_ASPECT_RATIO, "max_aspect_ratio must be in [1, 200]"),
-            (self.video_fps <= 0, "video_fps must be positive"),
-            (self.max_video_frames < 2, "max_video_frames must be at least 2"),
-            (self.video_min_frame_pixels < QWEN_FACTOR**2, "video_min_frame_pixels must be at least 28*28"),
-            (self.max_redirects < 0, "max_redirects must not be negative"),
-        ]
-        for failed, message in problems:
+        problems = {
+            "min_image_pixels must be at least 28*28": self.min_image_pixels < QWEN_FACTOR**2,
+            "max_image_pixels must be >= min_image_pixels": self.max_image_pixels < self.min_image_pixels,
+            "max_aspect_ratio must be in [1, 200]": not 1 <= self.max_aspect_ratio <= 200,
+            "video_fps must be positive": self.video_fps <= 0,
+            "max_video_frames must be at least 2": self.max_video_frames < 2,
+            "video_min_frame_pixels must be at least 28*28": self.video_min_frame_pixels < QWEN_FACTOR**2,
+            "max_redirects must not be negative": self.max_redirects < 0,
+        }
+        for message, failed in problems.items():
             if failed:
                 raise ValueError(f"MediaPolicy: {message}")
 
 
 @dataclass
 class LoadedImage:
-    image: Image.Image  # RGB, sides multiples of 28, pixels within the budget
+    image: Image.Image  # RGB, sides multiples of 28, pixel count within the budget
     sha256: str  # of the raw bytes as received
     source_kind: str  # "url", "data" or "file"
-    original_size: tuple[int, int]  # (width, height) as decoded, before resizing
-    fetch_seconds: float  # time spent getting the bytes (network, file or base64), decoding excluded
+    original_size: tuple[int, int]  # (width, height) as decoded (upright), before resizing
+    fetch_seconds: float  # getting the bytes (network, file or base64), decoding excluded
 
 
 @dataclass
 class LoadedVideo:
-    frames: list[Image.Image]  # RGB, all the same size (sides multiples of 28), an even count >= 2
-    sample_fps: float  # effective frames per second of video between consecutive frames
+    frames: list[Image.Image]  # RGB, one size (sides multiples of 28), an even count >= 2
+    sample_fps: float  # effective frames per second of video: consecutive frames are 1/this apart
     sha256: str
     source_kind: str
     original_size: tuple[int, int]
@@ -119,7 +117,7 @@ class LoadedVideo:
 def load_image(
     source: str, policy: MediaPolicy, *, max_pixels: int | None = None, min_pixels: int | None = None
 ) -> LoadedImage:
-    """Fetch, check and decode one image; resize it for Qwen2.5-VL.
+    """Fetch, check and decode one image, resized for Qwen2.5-VL.
 
     `max_pixels` / `min_pixels` are client hints, clamped into the policy's range. Raises `MediaError`.
     """
@@ -130,10 +128,8 @@ def load_image(
     image = _decode_image(raw, policy)
     high = _clamp(max_pixels, policy.min_image_pixels, policy.max_image_pixels, policy.max_image_pixels)
     low = _clamp(min_pixels, policy.min_image_pixels, high, policy.min_image_pixels)
-    width, height = _qwen_size(image.width, image.height, low, high)
-    resized = (
-        image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BICUBIC)
-    )
+    size = _qwen_size(image.width, image.height, int(low), int(high))
+    resized = image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
     return LoadedImage(resized, hashlib.sha256(raw).hexdigest(), source_kind, image.size, fetch_seconds)
 
 
@@ -145,28 +141,22 @@ def load_video(
     nframes: int | None = None,
     max_pixels: int | None = None,
 ) -> LoadedVideo:
-    """Fetch, check and decode one video into evenly spaced, resized RGB frames.
+    """Fetch, check and decode one video into evenly spaced RGB frames, resized for Qwen2.5-VL.
 
-    Give `fps` or `nframes` (client hints, clamped to the policy; fps wins if both). Raises `MediaError`.
+    `fps` or `nframes` (fps wins if both) and `max_pixels` (per frame) are client hints, clamped to the
+    policy. Raises `MediaError`.
     """
     kind = _MediaKind("video", _VIDEO_EXTENSIONS, policy.max_video_bytes, policy.video_deadline_s)
     started = time.monotonic()
     raw, source_kind = _read_source(source, policy, kind)
     fetch_seconds = time.monotonic() - started
     try:
-        video = _decode_video(raw, policy, fps, nframes, max_pixels)
+        frames, sample_fps, original_size, duration_s = _decode_video(raw, policy, fps, nframes, max_pixels)
     except (av.FFmpegError, OSError, ValueError, IndexError, EOFError) as error:
         logger.info("video decoding failed: %r", error)
-        raise MediaError("could not decode the video", media_reason="decode") from error
-    return LoadedVideo(
-        frames=video.frames,
-        sample_fps=video.sample_fps,
-        sha256=hashlib.sha256(raw).hexdigest(),
-        source_kind=source_kind,
-        original_size=video.original_size,
-        duration_s=video.duration_s,
-        fetch_seconds=fetch_seconds,
-    )
+        raise MediaError("could not decode the video", media_reason="decode") from None
+    sha256 = hashlib.sha256(raw).hexdigest()
+    return LoadedVideo(frames, sample_fps, sha256, source_kind, original_size, duration_s, fetch_seconds)
 
 
 # --- Sources ---------------------------------------------------------------------------------------
@@ -174,6 +164,15 @@ def load_video(
 _IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 _VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# HLS playlists make FFmpeg fetch each segment URL itself, past every check here (vLLM refuses .m3u8
+# too); the demuxer allowlist in _open_container is the second line of defence.
+_PLAYLIST_TYPES = {
+    "application/vnd.apple.mpegurl",
+    "application/x-mpegurl",
+    "audio/mpegurl",
+    "audio/x-mpegurl",
+}
+_PLAYLIST_REFUSED = "streaming playlists (m3u8) are not supported"
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,7 @@ class _MediaKind:
 
 
 def _read_source(source: str, policy: MediaPolicy, kind: _MediaKind) -> tuple[bytes, str]:
-    """The raw bytes of `source` and its kind ("url", "data" or "file")."""
+    """The raw bytes of `source`, and its kind: "url", "data" or "file"."""
     if not isinstance(source, str) or not source:
         raise MediaError(f"no {kind.name} source given", media_reason="scheme")
     match = _SCHEME.match(source)
@@ -197,65 +196,43 @@ def _read_source(source: str, policy: MediaPolicy, kind: _MediaKind) -> tuple[by
     elif scheme in ("file", ""):
         raw, source_kind = _read_local_file(source, policy, kind), "file"
     else:
-        raise MediaError(
-            f"unsupported URL scheme {scheme!r}: use http, https, data or a file path", media_reason="scheme"
-        )
-    _refuse_playlist_bytes(raw)
+        detail = f"unsupported URL scheme {scheme!r}: use http, https, data or a file path"
+        raise MediaError(detail, media_reason="scheme")
+    if raw[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"#EXTM3U"):
+        raise MediaError(_PLAYLIST_REFUSED, media_reason="scheme")
     return raw, source_kind
 
 
 def _too_large(kind: _MediaKind) -> MediaError:
     size = kind.max_bytes
-    readable = (
-        f"{size / 2**20:g} MB"
-        if size >= 2**20
-        else f"{size / 2**10:g} KB"
-        if size >= 2**10
-        else f"{size} bytes"
-    )
+    readable = f"{size} bytes"
+    if size >= 1024:
+        readable = f"{size / 2**20:g} MB" if size >= 2**20 else f"{size / 2**10:g} KB"
     return MediaError(f"{kind.name} is larger than {readable}", media_reason="too_large")
-
-
-# HLS playlists make FFmpeg fetch every segment URL itself, past all of the checks here (vLLM refuses
-# .m3u8 too); the demuxer allowlist in _open_container is the second line of defence.
-_PLAYLIST_TYPES = (
-    "application/vnd.apple.mpegurl",
-    "application/x-mpegurl",
-    "audio/mpegurl",
-    "audio/x-mpegurl",
-)
-
-
-def _refuse_playlist_bytes(raw: bytes) -> None:
-    if raw[:64].lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"#EXTM3U"):
-        raise MediaError("streaming playlists (m3u8) are not supported", media_reason="scheme")
 
 
 def _decode_data_uri(source: str, kind: _MediaKind) -> bytes:
     header, comma, payload = source.partition(",")
-    params = header[len("data:") :].split(";")
-    if not comma or "base64" not in (param.strip().lower() for param in params[1:]):
-        raise MediaError(
-            f"not a valid data URI: expected data:{kind.name}/...;base64,<data>", media_reason="scheme"
-        )
-    if not params[0].strip().lower().startswith(f"{kind.name}/"):
-        raise MediaError(
-            f"data URI is not an {kind.name}: expected data:{kind.name}/...", media_reason="scheme"
-        )
+    media_type, *params = header[len("data:") :].split(";")
+    if not comma or "base64" not in (param.strip().lower() for param in params):
+        detail = f"not a valid data URI: expected data:{kind.name}/...;base64,<data>"
+        raise MediaError(detail, media_reason="scheme")
+    if not media_type.strip().lower().startswith(f"{kind.name}/"):
+        detail = f"data URI has the wrong media type: expected data:{kind.name}/..."
+        raise MediaError(detail, media_reason="scheme")
     if len(payload) * 3 // 4 > kind.max_bytes:
         raise _too_large(kind)
     try:
         return base64.b64decode("".join(payload.split()), validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise MediaError(
-            "not a valid data URI: the base64 data is malformed", media_reason="decode"
-        ) from error
+    except (binascii.Error, ValueError):
+        detail = "not a valid data URI: the base64 data is malformed"
+        raise MediaError(detail, media_reason="decode") from None
 
 
-# --- Local files ---------------------------------------------------------------------------------------
+# --- Local files -----------------------------------------------------------------------------------
 
-# One message for missing, outside the root, symlinked out, and not a regular file, so that a client
-# cannot probe which paths exist outside the root (notes: "Errors must not leak file-existence hints").
+# One message for missing, outside the root, symlinked out and not a regular file, so a client cannot
+# probe which paths exist outside the root (notes: "Errors must not leak file-existence hints").
 _FILE_UNAVAILABLE = "file is not available: give the path of an existing file in the server's media folder"
 
 
@@ -272,20 +249,19 @@ def _read_local_file(source: str, policy: MediaPolicy, kind: _MediaKind) -> byte
         logger.warning("media file refused: %r is outside the media root", source)
         raise MediaError(_FILE_UNAVAILABLE, media_reason="path")
     if os.path.splitext(real_path)[1].lower() not in kind.extensions:
-        allowed = " ".join(sorted(kind.extensions))
-        raise MediaError(f"only {kind.name} files can be loaded ({allowed})", media_reason="path")
+        detail = f"only {kind.name} files can be loaded ({' '.join(sorted(kind.extensions))})"
+        raise MediaError(detail, media_reason="path")
     return _read_regular_file(real_path, kind)
 
 
 def _path_from_source(source: str) -> str:
-    """The filesystem path a `file:` URL or a bare path names (relative paths are relative to the root)."""
-    if not source[:5].lower() == "file:":
+    """The path a `file:` URL or a bare path names; relative paths are relative to the root."""
+    if source[:5].lower() != "file:":
         return source
     parts = urllib.parse.urlsplit(source)
     if parts.netloc not in ("", "localhost"):
         raise MediaError(_FILE_UNAVAILABLE, media_reason="path")
-    # Decoded exactly once, so "%2e%2e" becomes ".." and meets the root check (vLLM's lesson).
-    return urllib.parse.unquote(parts.path)
+    return urllib.parse.unquote(parts.path)  # decoded once: "%2e%2e" becomes ".." and meets the root check
 
 
 def _read_regular_file(path: str, kind: _MediaKind) -> bytes:
@@ -297,78 +273,73 @@ def _read_regular_file(path: str, kind: _MediaKind) -> bytes:
         raise MediaError(_FILE_UNAVAILABLE, media_reason="path") from None
     try:
         info = os.fstat(fd)
-        # Size 0 as well: /proc and /sys files are "regular" with st_size 0 yet return data.
+        # Empty too: /proc and /sys files are "regular" with st_size 0, yet return data.
         if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
             logger.warning("media file %r refused: not a regular non-empty file", path)
             raise MediaError(_FILE_UNAVAILABLE, media_reason="path")
         if info.st_size > kind.max_bytes:
             raise _too_large(kind)
-        chunks, received = [], 0
-        while chunk := os.read(fd, min(kind.max_bytes + 1 - received, 1 << 20)):
-            chunks.append(chunk)
-            received += len(chunk)
-            if received > kind.max_bytes:  # the file grew after fstat
-                raise _too_large(kind)
-        return b"".join(chunks)
+        with open(fd, "rb", closefd=False) as file:
+            raw = file.read(kind.max_bytes + 1)
+        if len(raw) > kind.max_bytes:  # it grew after fstat
+            raise _too_large(kind)
+        return raw
     finally:
         os.close(fd)
 
 
-# --- URLs ----------------------------------------------------------------------------------------------
+# --- URLs ------------------------------------------------------------------------------------------
 
-_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
-# Python's urlsplit silently drops tabs and newlines and other parsers split on "\" (CVE-2026-24779):
-# refuse such URLs outright so that only one reading of the URL exists.
+# Python's urlsplit silently drops tabs and newlines, and other parsers split on "\" (CVE-2026-24779):
+# such URLs are refused outright so that only one reading of a URL exists.
 _UNSAFE_URL_CHARACTERS = re.compile(r"[\x00-\x20\x7f\\]")
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
-_SAFE_PATH_CHARACTERS = "".join(chr(code) for code in range(0x21, 0x7F))  # quote() only non-ASCII
+_PRINTABLE_ASCII = "".join(chr(code) for code in range(0x21, 0x7F))  # quote() only what is not this
+_REDIRECTS = (301, 302, 303, 307, 308)
+_CONNECTION_FAILED = "could not fetch the URL: the connection failed"
 _TLS_CONTEXT = ssl.create_default_context(cafile=certifi.where())
-# getaddrinfo has no timeout of its own; running it here lets the fetch deadline cover DNS too.
+# getaddrinfo has no timeout of its own: running it here lets the fetch deadline cover DNS too.
 _RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media-dns")
 
 
 @dataclass(frozen=True)
 class _Target:
-    """A URL parsed once; the fetch uses exactly these components (CVE-2026-25960)."""
+    """A URL parsed once; the request is built from exactly these parts (CVE-2026-25960)."""
 
     url: str
     scheme: str
-    host: str  # lower case ASCII, IPv6 without brackets
+    host: str  # lower-case ASCII; IPv6 without brackets
     port: int
-    request_path: str  # path and query as sent
+    request_path: str  # path and query, as sent
 
-    @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        default_port = 443 if self.scheme == "https" else 80
-        return host if self.port == default_port else f"{host}:{self.port}"
+        return host if self.port == _default_port(self.scheme) else f"{host}:{self.port}"
 
 
 class _Deadline:
-    """One wall-clock budget for a whole fetch; a socket timeout bounds only each single read."""
+    """One wall-clock budget for a whole fetch; a socket timeout only bounds each single read."""
 
-    def __init__(self, seconds: float, kind: _MediaKind) -> None:
-        self.seconds = seconds
+    def __init__(self, kind: _MediaKind) -> None:
         self.kind = kind
-        self.expires = time.monotonic() + seconds
+        self.expires = time.monotonic() + kind.deadline_s
 
-    def expired(self) -> bool:
-        return time.monotonic() >= self.expires
+    def seconds_left(self) -> float:
+        return self.expires - time.monotonic()
 
-    def remaining(self) -> float:
-        left = self.expires - time.monotonic()
-        if left <= 0:
+    def next_timeout(self) -> float:
+        """The timeout for the next blocking call: the seconds left, or the timeout error if none are."""
+        if (left := self.seconds_left()) <= 0:
             raise self.error()
         return left
 
     def error(self) -> MediaError:
-        return MediaError(
-            f"fetching the {self.kind.name} took longer than {self.seconds:g} s", media_reason="timeout"
-        )
+        detail = f"fetching the {self.kind.name} took longer than {self.kind.deadline_s:g} s"
+        return MediaError(detail, media_reason="timeout")
 
 
 def _fetch_url(url: str, policy: MediaPolicy, kind: _MediaKind) -> bytes:
-    deadline = _Deadline(kind.deadline_s, kind)
+    deadline = _Deadline(kind)
     for hop in range(policy.max_redirects + 1):
         target = _parse_url(url)
         _check_domain(target.host, policy)
@@ -381,11 +352,14 @@ def _fetch_url(url: str, policy: MediaPolicy, kind: _MediaKind) -> bytes:
     raise MediaError(f"too many redirects (more than {policy.max_redirects})", media_reason="fetch")
 
 
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
 def _parse_url(url: str) -> _Target:
     if _UNSAFE_URL_CHARACTERS.search(url):
-        raise MediaError(
-            "not a valid URL: it contains spaces, control characters or backslashes", media_reason="scheme"
-        )
+        detail = "not a valid URL: it contains spaces, control characters or backslashes"
+        raise MediaError(detail, media_reason="scheme")
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
@@ -399,17 +373,11 @@ def _parse_url(url: str) -> _Target:
     if port == 0:
         raise MediaError("not a valid URL: port 0", media_reason="scheme")
     if parts.path.lower().endswith((".m3u8", ".m3u")):
-        raise MediaError("streaming playlists (m3u8) are not supported", media_reason="scheme")
-    path = urllib.parse.quote(parts.path or "/", safe=_SAFE_PATH_CHARACTERS)
-    query = urllib.parse.quote(parts.query, safe=_SAFE_PATH_CHARACTERS)
-    default_port = 443 if scheme == "https" else 80
-    return _Target(
-        url,
-        scheme,
-        _normalise_host(parts.hostname),
-        port or default_port,
-        f"{path}?{query}" if query else path,
-    )
+        raise MediaError(_PLAYLIST_REFUSED, media_reason="scheme")
+    path = urllib.parse.quote(parts.path or "/", safe=_PRINTABLE_ASCII)
+    query = urllib.parse.quote(parts.query, safe=_PRINTABLE_ASCII)
+    request_path = f"{path}?{query}" if query else path
+    return _Target(url, scheme, _normalise_host(parts.hostname), port or _default_port(scheme), request_path)
 
 
 def _normalise_host(hostname: str | None) -> str:
@@ -418,59 +386,49 @@ def _normalise_host(hostname: str | None) -> str:
     try:
         host = hostname.encode("idna").decode("ascii").lower().removesuffix(".")
     except UnicodeError:
-        raise MediaError("not a valid URL: bad host name", media_reason="scheme") from None
-    if ":" in host:  # an IPv6 literal; urlsplit validated it, but zone ids ("%eth0") are refused
-        if "%" in host:
-            raise MediaError("not a valid URL: bad host name", media_reason="scheme")
-    elif not _HOST_NAME.fullmatch(host):
+        host = ""
+    # An IPv6 literal was validated by urlsplit; its zone id ("%eth0") is refused with the bad names.
+    if not (_HOST_NAME.fullmatch(host) or (":" in host and "%" not in host)):
         raise MediaError("not a valid URL: bad host name", media_reason="scheme")
     return host
 
 
 def _check_domain(host: str, policy: MediaPolicy) -> None:
-    if not policy.allowed_domains:
-        return
-    for domain in policy.allowed_domains:
-        domain = domain.lower().strip(".")
-        if host == domain or host.endswith("." + domain):
-            return
-    raise MediaError("URL host is not in this server's list of allowed domains", media_reason="domain")
+    domains = [domain.lower().strip(".") for domain in policy.allowed_domains]
+    if domains and not any(host == domain or host.endswith("." + domain) for domain in domains):
+        raise MediaError("URL host is not in this server's list of allowed domains", media_reason="domain")
 
 
-def _resolve_checked(
-    target: _Target, policy: MediaPolicy, deadline: _Deadline
-) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """Resolve once; every address must be public. The connection then goes to these, never re-resolved."""
+def _resolve_checked(target: _Target, policy: MediaPolicy, deadline: _Deadline) -> list[_Address]:
+    """Resolve once; every address must be public. The connection goes to these, never re-resolved."""
     future = _RESOLVER.submit(socket.getaddrinfo, target.host, target.port, type=socket.SOCK_STREAM)
     try:
-        infos = future.result(timeout=deadline.remaining())
+        infos = future.result(timeout=deadline.next_timeout())
     except FutureTimeout:
         raise deadline.error() from None
     except (OSError, UnicodeError) as error:
         logger.info("media URL host %s did not resolve: %s", target.host, error)
         raise MediaError("could not resolve the URL's host name", media_reason="fetch") from None
-    # getaddrinfo normalises "2130706433", "0x7f000001", "0177.0.0.1" and "127.1" to 127.0.0.1, so the
-    # check below runs on what will really be connected to, whatever spelling the URL used.
+    # getaddrinfo turns "2130706433", "0x7f000001", "0177.0.0.1" and "127.1" into 127.0.0.1: the check
+    # runs on what will really be connected to, whatever spelling the URL used.
     addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].partition("%")[0]) for info in infos))
     refused = [str(address) for address in addresses if not _is_public_address(address)]
     if refused and not policy.allow_private_urls:
-        logger.warning(
-            "media URL host %s refused: resolves to non-public %s", target.host, ", ".join(refused)
-        )
+        logger.warning("media URL host %s refused: it resolves to %s", target.host, ", ".join(refused))
         raise MediaError("URL resolves to a non-public address", media_reason="address")
     return addresses
 
 
-def _is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _is_public_address(address: _Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:  # ::ffff:127.0.0.1 is 127.0.0.1 on a dual-stack socket
             return _is_public_address(address.ipv4_mapped)
-        # 6to4 (2002::/16) is "global" yet embeds an IPv4 address; Teredo and NAT64 (64:ff9b::/96) are
-        # already non-global or reserved in ipaddress, so the general rule below refuses them.
+        # 6to4 (2002::/16) counts as global yet embeds an IPv4 address. Teredo and NAT64 (64:ff9b::/96)
+        # are non-global or reserved for ipaddress already, so the rule below refuses them.
         if address.sixtofour is not None and not _is_public_address(address.sixtofour):
             return False
     # is_global alone lets multicast through, hence the explicit list (169.254.169.254 is link-local).
-    return address.is_global and not (
+    special = (
         address.is_loopback
         or address.is_private
         or address.is_link_local
@@ -478,10 +436,11 @@ def _is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -
         or address.is_multicast
         or address.is_reserved
     )
+    return address.is_global and not special
 
 
 class _PinnedConnection(http.client.HTTPConnection):
-    """An HTTP connection over a socket already open to the checked address: it never resolves or reconnects."""
+    """HTTP over a socket already open to the checked address: it never resolves or reconnects."""
 
     def __init__(self, sock: socket.socket, host: str, port: int) -> None:
         super().__init__(host, port)
@@ -494,14 +453,14 @@ class _PinnedConnection(http.client.HTTPConnection):
 class _Watchdog:
     """Shuts the socket down at the deadline, so an origin that trickles bytes cannot outlive it."""
 
-    def __init__(self, sock: socket.socket, seconds: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
         self.sock = sock
-        self._timer = threading.Timer(seconds, self._fire)
+        self._timer = threading.Timer(deadline.seconds_left(), self._fire)  # at once if already late
         self._timer.daemon = True
         self._timer.start()
 
     def _fire(self) -> None:
-        try:  # the base-class call: SSLSocket.shutdown would also tear down its TLS state under a reader
+        try:  # socket.socket's own: SSLSocket.shutdown would also drop its TLS state under the reader
             socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
         except OSError:
             pass
@@ -512,51 +471,34 @@ class _Watchdog:
 
 def _get(
     target: _Target,
-    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    addresses: list[_Address],
     kind: _MediaKind,
     deadline: _Deadline,
 ) -> tuple[str | None, bytes]:
     """One GET to a checked address: (redirect location, b"") or (None, body)."""
     sock = _connect(addresses, target.port, deadline)
-    watchdog = _Watchdog(sock, deadline.expires - time.monotonic())  # fires at once if already late
+    watchdog = _Watchdog(sock, deadline)
     connection = None
     try:
         if target.scheme == "https":
             sock = _TLS_CONTEXT.wrap_socket(sock, server_hostname=target.host, do_handshake_on_connect=False)
             watchdog.sock = sock
-            sock.do_handshake()  # verifies the certificate against the URL's host, not the address
+            sock.do_handshake()  # the certificate is checked against the URL's host, not the address
         connection = _PinnedConnection(sock, target.host, target.port)
-        connection.putrequest("GET", target.request_path, skip_host=True, skip_accept_encoding=True)
-        for name, value in (
-            ("Host", target.host_header),
-            ("User-Agent", "vlm-server-media/1"),
-            ("Accept-Encoding", "identity"),  # no gzip: the byte cap counts what gets decoded
-            ("Connection", "close"),
-        ):
-            connection.putheader(name, value)
-        connection.endheaders()
-        response = connection.getresponse()
-        if response.status in _REDIRECT_STATUSES:
-            location = response.getheader("Location")
-            if not location:
-                raise MediaError(
-                    "could not fetch the URL: a redirect without a location", media_reason="fetch"
-                )
-            return location, b""
-        if not 200 <= response.status < 300:
-            raise MediaError(f"could not fetch the URL: HTTP {response.status}", media_reason="fetch")
-        content_type = (response.getheader("Content-Type") or "").partition(";")[0].strip().lower()
-        if content_type in _PLAYLIST_TYPES:
-            raise MediaError("streaming playlists (m3u8) are not supported", media_reason="scheme")
-        declared_length = response.getheader("Content-Length") or ""
-        if declared_length.isdigit() and int(declared_length) > kind.max_bytes:
-            raise _too_large(kind)
+        response = _send_get(connection, target)
+        if response.status in _REDIRECTS and response.getheader("Location"):
+            return response.getheader("Location"), b""
+        _check_response_headers(response, kind)
         return None, _read_body(response, kind, deadline)
+    except ssl.SSLCertVerificationError as error:
+        logger.info("media URL host %s: %s", target.host, error)
+        detail = "could not fetch the URL: its TLS certificate is not valid"
+        raise MediaError(detail, media_reason="fetch") from None
     except (OSError, http.client.HTTPException) as error:
-        if deadline.expired():
+        if deadline.seconds_left() <= 0:
             raise deadline.error() from None
         logger.info("media fetch from host %s failed: %r", target.host, error)
-        raise MediaError("could not fetch the URL: the connection failed", media_reason="fetch") from None
+        raise MediaError(_CONNECTION_FAILED, media_reason="fetch") from None
     finally:
         watchdog.cancel()
         if connection is not None:
@@ -564,77 +506,86 @@ def _get(
         sock.close()
 
 
-def _connect(
-    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address], port: int, deadline: _Deadline
-) -> socket.socket:
-    """A TCP connection to the first checked address that answers (a numeric address: no DNS here)."""
-    last_error: OSError | None = None
+def _send_get(connection: _PinnedConnection, target: _Target) -> http.client.HTTPResponse:
+    connection.putrequest("GET", target.request_path, skip_host=True, skip_accept_encoding=True)
+    connection.putheader("Host", target.host_header())
+    connection.putheader("User-Agent", "vlm-server-media/1")
+    connection.putheader("Accept-Encoding", "identity")  # no gzip: the byte cap counts what is decoded
+    connection.putheader("Connection", "close")
+    connection.endheaders()
+    return connection.getresponse()
+
+
+def _check_response_headers(response: http.client.HTTPResponse, kind: _MediaKind) -> None:
+    if not 200 <= response.status < 300:
+        raise MediaError(f"could not fetch the URL: HTTP {response.status}", media_reason="fetch")
+    if (response.getheader("Content-Type") or "").partition(";")[0].strip().lower() in _PLAYLIST_TYPES:
+        raise MediaError(_PLAYLIST_REFUSED, media_reason="scheme")
+    declared_length = response.getheader("Content-Length") or ""
+    if declared_length.isdigit() and int(declared_length) > kind.max_bytes:  # refused before reading
+        raise _too_large(kind)
+
+
+def _connect(addresses: list[_Address], port: int, deadline: _Deadline) -> socket.socket:
+    """A TCP connection to the first checked address that answers; numeric addresses, so no DNS here."""
     for address in addresses:
-        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
         try:
-            sock.settimeout(deadline.remaining())
+            sock.settimeout(deadline.next_timeout())
             sock.connect((str(address), port))
             return sock
         except OSError as error:
-            sock.close()
-            last_error = error
+            logger.info("media URL connection to %s failed: %r", address, error)
         except MediaError:
             sock.close()
             raise
-    if deadline.expired():
+        sock.close()
+    if deadline.seconds_left() <= 0:
         raise deadline.error()
-    logger.info("media URL connection failed: %r", last_error)
-    raise MediaError("could not fetch the URL: the connection failed", media_reason="fetch")
+    raise MediaError(_CONNECTION_FAILED, media_reason="fetch")
 
 
 def _read_body(response: http.client.HTTPResponse, kind: _MediaKind, deadline: _Deadline) -> bytes:
     # The cap counts the bytes actually read: a missing or lying Content-Length changes nothing.
     chunks, received = [], 0
-    while not deadline.expired():
-        chunk = response.read1(1 << 16)
-        if not chunk:
-            break
+    while deadline.seconds_left() > 0 and (chunk := response.read1(1 << 16)):
         received += len(chunk)
         if received > kind.max_bytes:
             raise _too_large(kind)
         chunks.append(chunk)
-    if deadline.expired():  # the watchdog's shutdown looks like an early end of the body
+    if deadline.seconds_left() <= 0:  # the watchdog's shutdown looks like an early end of the body
         raise deadline.error()
     return b"".join(chunks)
 
 
 # --- Images ----------------------------------------------------------------------------------------
 
-# Only these decoders see client bytes (no EPS/Ghostscript, no exotic plugins).
-_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # the only decoders client bytes reach
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def _decode_image(raw: bytes, policy: MediaPolicy) -> Image.Image:
-    """Decode to upright RGB, refusing bombs from the header size before any pixel is decoded."""
-    # Pillow and its plugins raise many exception types on hostile input (its own fuzzers accept
-    # OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, ...): all mean "undecodable".
+    """Upright RGB; bombs are refused from the header's size before any pixel is decoded."""
+    # Pillow raises many exception types on hostile input (its own fuzzers accept OSError, ValueError,
+    # SyntaxError, EOFError, struct.error, IndexError, ...): each one means "could not decode".
     try:
         image = Image.open(io.BytesIO(raw), formats=_IMAGE_FORMATS)
-    except Image.DecompressionBombError:  # Pillow's own limit (2 × MAX_IMAGE_PIXELS) tripped first
+    except Image.DecompressionBombError:  # Pillow's own limit (2 × MAX_IMAGE_PIXELS) came first
         raise _pixel_bomb("image", policy) from None
     except Exception as error:
         logger.info("image header not readable: %r", error)
         raise MediaError("could not decode the image", media_reason="decode") from None
     _check_dimensions("image", image.width, image.height, policy)
     try:
-        return _to_rgb(ImageOps.exif_transpose(image))  # the first frame of an animated image
+        return _to_rgb(ImageOps.exif_transpose(image))  # of an animated image, the first frame
     except Exception as error:
         logger.info("image decoding failed: %r", error)
         raise MediaError("could not decode the image", media_reason="decode") from None
 
 
 def _pixel_bomb(kind_name: str, policy: MediaPolicy) -> MediaError:
-    return MediaError(
-        f"{kind_name} is too large to decode (more than {policy.max_decode_pixels:,} pixels)",
-        media_reason="too_large",
-    )
+    detail = f"{kind_name} is too large to decode (more than {policy.max_decode_pixels:,} pixels)"
+    return MediaError(detail, media_reason="too_large")
 
 
 def _check_dimensions(kind_name: str, width: int, height: int, policy: MediaPolicy) -> None:
@@ -642,35 +593,35 @@ def _check_dimensions(kind_name: str, width: int, height: int, policy: MediaPoli
         raise MediaError(f"could not decode the {kind_name}", media_reason="decode")
     if width * height > policy.max_decode_pixels:
         raise _pixel_bomb(kind_name, policy)
-    # Tiny images are fine (smart_resize scales a 1×1 up to 56×56); only elongation is refused, before
-    # smart_resize would raise on it (CVE-2026-22773 was a crash on such input).
+    # Tiny is fine (smart_resize scales a 1×1 up to 56×56; CVE-2026-22773 was a crash on it); only
+    # elongation is refused, before smart_resize would raise on it.
     if max(width, height) / min(width, height) > policy.max_aspect_ratio:
-        raise MediaError(
-            f"{kind_name} aspect ratio {width}×{height} is more extreme than {policy.max_aspect_ratio:g}:1",
-            media_reason="dimensions",
-        )
+        limit = policy.max_aspect_ratio
+        detail = f"{kind_name} aspect ratio {width}×{height} is more extreme than {limit:g}:1"
+        raise MediaError(detail, media_reason="dimensions")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in _SIXTEEN_BIT_MODES:  # a plain convert clips everything above 255 to white
+    if image.mode in _SIXTEEN_BIT_MODES:  # a plain convert clips every value above 255 to white
         image = image.point(lambda value: value / 257).convert("L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))  # as qwen_vl_utils.to_rgb does
+        background = Image.new("RGB", rgba.size, (255, 255, 255))  # onto white, as qwen_vl_utils does
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
 
 
 def _qwen_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """(width, height) with sides multiples of 28 and a pixel count within the budget, as qwen resizes."""
-    new_height, new_width = smart_resize(
-        height, width, factor=QWEN_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels
-    )
+    """(width, height): sides multiples of 28, at most max_pixels, as qwen_vl_utils.smart_resize does."""
+    new_height, new_width = smart_resize(height, width, QWEN_FACTOR, min_pixels, max_pixels)
+    if new_height * new_width > max_pixels:
+        # Scaling up to min_pixels rounds both sides up and can overshoot the cap: the cap wins.
+        new_height, new_width = smart_resize(new_height, new_width, QWEN_FACTOR, QWEN_FACTOR**2, max_pixels)
     if new_height == 0 or new_width == 0:
-        # smart_resize floors the short side of an elongated image to 0 under a small budget (and the
-        # resize would then fail): keep one row of patches and fit the long side into the budget.
-        long_side = max(QWEN_FACTOR, max_pixels // QWEN_FACTOR // QWEN_FACTOR * QWEN_FACTOR)
+        # smart_resize floors the short side of an elongated image to 0 under a small budget (the resize
+        # would then fail): keep one row of patches and fit the long side into the budget.
+        long_side = max(QWEN_FACTOR, max_pixels // QWEN_FACTOR**2 * QWEN_FACTOR)
         return (long_side, QWEN_FACTOR) if width >= height else (QWEN_FACTOR, long_side)
     return new_width, new_height
 
@@ -684,20 +635,12 @@ def _clamp(value: float | None, low: float, high: float, default: float) -> floa
 
 # --- Videos ----------------------------------------------------------------------------------------
 
-# Demuxers allowed to read client bytes (FFmpeg's format_whitelist). Keeps out hls and concat, which
-# open further URLs or files named inside the data, and every exotic demuxer.
+# The demuxers that may read client bytes (FFmpeg's format_whitelist): no hls or concat, which open
+# further URLs or files named inside the data, and none of the exotic ones.
 _VIDEO_DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi"
-_MIN_FPS = 0.01  # a client fps hint below this is raised to it
-_SEEK_AHEAD_S = 5.0  # decode forward to targets nearer than this; seek to a keyframe for farther ones
-_TIME_EPSILON_S = 1e-6
-
-
-@dataclass
-class _DecodedVideo:
-    frames: list[Image.Image]
-    sample_fps: float
-    original_size: tuple[int, int]
-    duration_s: float
+_MIN_FPS = 0.01  # a client's fps below this is raised to it
+_SEEK_AHEAD_S = 5.0  # targets nearer than this are decoded forward to; farther ones are sought
+_EPSILON_S = 1e-6
 
 
 def _open_container(raw: bytes) -> av.container.InputContainer:
@@ -706,19 +649,19 @@ def _open_container(raw: bytes) -> av.container.InputContainer:
 
 def _decode_video(
     raw: bytes, policy: MediaPolicy, fps: float | None, nframes: int | None, max_pixels: int | None
-) -> _DecodedVideo:
+) -> tuple[list[Image.Image], float, tuple[int, int], float]:
+    """(frames, sample_fps, original_size, duration_s)."""
     with _open_container(raw) as container:
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         _check_dimensions("video", width, height, policy)
         start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         duration_s = _metadata_duration(container, stream)
-    if duration_s is None:  # e.g. a browser-recorded webm: read packet times without decoding
+    if duration_s is None:  # e.g. a webm recorded by a browser: read packet times, no decoding
         duration_s = _scanned_duration(raw, start_s, policy)
     if duration_s > policy.max_video_seconds:
-        raise MediaError(
-            f"video is longer than {policy.max_video_seconds:g} seconds", media_reason="too_large"
-        )
+        detail = f"video is longer than {policy.max_video_seconds:g} seconds"
+        raise MediaError(detail, media_reason="too_large")
     times, sample_fps = _sampling_times(duration_s, fps, nframes, policy)
     floor = policy.video_min_frame_pixels
     frame_cap = max(floor, min(policy.video_max_frame_pixels, policy.video_total_pixels // len(times)))
@@ -726,8 +669,8 @@ def _decode_video(
     with _open_container(raw) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        frames = _pick_frames(container, stream, [start_s + t for t in times], size, policy)
-    return _DecodedVideo(frames, sample_fps, (width, height), duration_s)
+        frames = _pick_frames(container, stream, [start_s + time_s for time_s in times], size, policy)
+    return frames, sample_fps, (width, height), duration_s
 
 
 def _metadata_duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
@@ -748,31 +691,30 @@ def _scanned_duration(raw: bytes, start_s: float, policy: MediaPolicy) -> float:
             if packet.pts is not None:
                 end_s = max(end_s, float((packet.pts + (packet.duration or 0)) * stream.time_base))
             if end_s - start_s > policy.max_video_seconds:
-                break  # long enough to refuse; no need to read on
+                break  # long enough to be refused
     return end_s - start_s
 
 
 def _sampling_times(
     duration_s: float, fps: float | None, nframes: int | None, policy: MediaPolicy
 ) -> tuple[list[float], float]:
-    """Times (seconds from the start) of the frames to take, an even count >= 2, and their effective fps.
+    """Times (from the start) of the frames to take, an even count >= 2, and their effective fps.
 
-    At the requested fps (capped by the policy) while that fits max_video_frames; otherwise max_video_frames
-    spread over the whole video (GHSA-x6mc-67gf-chw4: client hints never raise the frame count).
-    Times past the end are filled with the last frame, as qwen pads.
+    At the requested fps (capped by the policy) while that fits max_video_frames; otherwise
+    max_video_frames spread over the whole video: client hints never raise the frame count
+    (GHSA-x6mc-67gf-chw4). Times past the end get the last frame, as qwen pads.
     """
     even_cap = policy.max_video_frames - policy.max_video_frames % 2
     if fps is None and nframes is not None:
-        count = int(_clamp(nframes, 2, even_cap, even_cap))
-        count -= count % 2
+        count = int(_clamp(nframes, 2, even_cap, even_cap)) // 2 * 2
         spacing = duration_s / count if duration_s > 0 else 1 / policy.video_fps
     else:
         rate = _clamp(fps, _MIN_FPS, policy.video_fps, policy.video_fps)
-        wanted = math.floor(duration_s * rate + _TIME_EPSILON_S)
+        wanted = math.floor(duration_s * rate + _EPSILON_S)
         if wanted > even_cap:
             count, spacing = even_cap, duration_s / even_cap
         else:
-            count, spacing = max(2, wanted - wanted % 2), 1 / rate
+            count, spacing = max(2, wanted // 2 * 2), 1 / rate
     return [index * spacing for index in range(count)], 1 / spacing
 
 
@@ -783,7 +725,7 @@ def _pick_frames(
     size: tuple[int, int],
     policy: MediaPolicy,
 ) -> list[Image.Image]:
-    """For each target time, the frame on screen at that time, resized; stops once the last one is taken."""
+    """For each target time the frame on screen then, resized; decoding stops after the last target."""
     picked: list[Image.Image] = []
     on_screen: _ShownFrame | None = None  # the latest decoded frame
     decoded, sought_for = 0, -1
@@ -792,7 +734,7 @@ def _pick_frames(
         target = targets[len(picked)]
         position = on_screen.time if on_screen is not None else targets[0]
         if target - position > _SEEK_AHEAD_S and sought_for < len(picked):
-            sought_for = len(picked)  # at most one seek per target, even if the keyframe is far behind
+            sought_for = len(picked)  # one seek per target, even when its keyframe is far behind it
             container.seek(int(target / stream.time_base), stream=stream)  # to the keyframe at or before
             frames = container.decode(stream)
         frame = next(frames, None)
@@ -801,12 +743,10 @@ def _pick_frames(
         decoded += 1
         if decoded > policy.video_max_decoded_frames:
             raise MediaError("video needs too much decoding to sample", media_reason="too_large")
+        if frame.width * frame.height > policy.max_decode_pixels:  # the size changed mid-stream
+            raise _pixel_bomb("video", policy)
         frame_time = frame.time if frame.time is not None else position
-        while (
-            on_screen is not None
-            and len(picked) < len(targets)
-            and frame_time > targets[len(picked)] + _TIME_EPSILON_S
-        ):
+        while on_screen and len(picked) < len(targets) and frame_time > targets[len(picked)] + _EPSILON_S:
             picked.append(on_screen.image(size))
         on_screen = _ShownFrame(frame, frame_time)
     if on_screen is None:
@@ -817,7 +757,7 @@ def _pick_frames(
 
 
 class _ShownFrame:
-    """A decoded frame, converted and resized only if it gets picked, and only once if picked twice."""
+    """A decoded frame, converted and resized only once it is picked, and only once if picked twice."""
 
     def __init__(self, frame: av.VideoFrame, time_s: float) -> None:
         self.frame = frame

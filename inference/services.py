@@ -181,13 +181,14 @@ def _load_one(item: dict, policy: media.MediaPolicy, record: RequestRecord) -> d
             item["video"], policy, fps=item.get("fps"), nframes=item.get("nframes"), max_pixels=item.get("max_pixels")
         )
         pixels, seconds = video.frames[0], video.fetch_seconds
-        # Frames are already sized by the media loader; these bounds keep qwen-vl-utils from resizing again.
+        # Frames are already sized by the media loader; the exact size keeps qwen-vl-utils from
+        # applying its own per-frame floor again.
         entry = {
             "type": "video",
             "video": video.frames,
             "sample_fps": video.sample_fps,
-            "min_pixels": pixels.width * pixels.height,
-            "max_pixels": pixels.width * pixels.height,
+            "resized_height": pixels.height,
+            "resized_width": pixels.width,
         }
         summary = {
             "sha256": video.sha256,
@@ -300,7 +301,7 @@ def request_log_record(*, record: RequestRecord) -> RequestLog:
 
 def _observe_request(record: RequestRecord) -> None:
     model = runtime.model_name
-    metrics.REQUESTS.labels(record.endpoint, str(record.status_code)).inc()
+    metrics.REQUESTS.labels(metrics.endpoint_label(record.endpoint), str(record.status_code)).inc()
     if record.error_reason:
         metrics.REQUEST_FAILURE.labels(model, record.error_reason).inc()
     result = record.result

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from PIL import Image
 
 from inference.runtime import runtime
 from inference.tiny_model import build_tiny_model, is_tiny_model_built
@@ -46,16 +43,6 @@ def api(client, loaded_model, db):
             return client.get(path, headers=headers)
 
     return Api()
-
-
-def png_bytes(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_uri(raw: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
 
 
 @pytest.fixture

@@ -9,29 +9,42 @@ Built-in endpoints (besides the files given):
     /chain/<n>?to=<url>    a chain of n redirects ending at <url>
     /status/<code>         an empty response with that status
     /trickle               200, Content-Length 1000, then 1 byte every 0.5 s
+    /slow-headers          a status line, then a header at 1 byte every 0.5 s
     /oversize?size=<n>     n bytes with no Content-Length (the body ends when the connection closes)
     /lying-length?size=<n> claims Content-Length 100, then writes n bytes
     /huge-length           claims Content-Length 10**12, sends nothing more
     /playlist-type         an image body served as application/vnd.apple.mpegurl
-Every request is recorded in `origin.requests` as (path, Host header).
+Every request is recorded in `origin.requests` as (path, Host header). With `tls=(certfile, keyfile)`
+the origin speaks HTTPS and `base_url` names it https://localhost.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class MediaOrigin:
-    def __init__(self, files: dict[str, tuple[str, bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        files: dict[str, tuple[str, bytes]] | None = None,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         self.files = dict(files or {})
         self.requests: list[tuple[str, str | None]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.base_url = f"https://localhost:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
@@ -70,7 +83,9 @@ def _handler_for(origin: MediaOrigin) -> type[BaseHTTPRequestHandler]:
             elif name == "status":
                 self._send(int(argument), b"")
             elif name == "trickle":
-                self._trickle()
+                self._trickle(self._start_body)
+            elif name == "slow-headers":
+                self._trickle(self._start_headers)
             elif name in ("oversize", "lying-length"):
                 self._flood(int(query["size"]), claimed_length=100 if name == "lying-length" else None)
             elif name == "huge-length":
@@ -95,10 +110,16 @@ def _handler_for(origin: MediaOrigin) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def _trickle(self) -> None:
+        def _start_body(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", "1000")
             self.end_headers()
+
+        def _start_headers(self) -> None:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+
+        def _trickle(self, start: Callable[[], None]) -> None:
+            start()
             try:
                 for _ in range(1000):
                     self.wfile.write(b"x")

@@ -7,7 +7,8 @@ import pytest
 from inference.models import RequestLog
 from inference.runtime import runtime
 
-from .conftest import data_uri, png_bytes
+from .media_origin import MediaOrigin
+from .samples import data_uri, image_bytes, video_bytes
 
 GENERATE = "/api/v1/generate"
 
@@ -69,7 +70,10 @@ def test_multi_turn_with_system_and_assistant_turns(api):
             {"role": "assistant", "content": "Of course! Please share them."},
             {
                 "role": "user",
-                "content": [{"type": "image", "image": data_uri(png_bytes())}, {"type": "text", "text": "What is it?"}],
+                "content": [
+                    {"type": "image", "image": data_uri(image_bytes())},
+                    {"type": "text", "text": "What is it?"},
+                ],
             },
         ],
         "max_new_tokens": 5,
@@ -89,7 +93,7 @@ def test_greedy_is_deterministic_over_http(api):
 
 
 def test_data_uri_image_is_recorded_by_hash_never_by_bytes(api):
-    raw = png_bytes((120, 90))
+    raw = image_bytes((120, 90))
     response = api.post(
         GENERATE, user([{"type": "image", "image": data_uri(raw)}, {"type": "text", "text": "Describe"}])
     )
@@ -105,9 +109,53 @@ def test_data_uri_image_is_recorded_by_hash_never_by_bytes(api):
     assert "base64" not in str(row.__dict__)
 
 
+@pytest.fixture
+def origin(settings):
+    """A real HTTP origin on loopback, which the server may reach only with private URLs allowed."""
+    settings.VLM_ALLOW_PRIVATE_MEDIA_URLS = True
+    files = {"/chart.png": ("image/png", image_bytes((200, 150))), "/clip.mp4": ("video/mp4", video_bytes())}
+    with MediaOrigin(files) as running:
+        yield running
+
+
+def test_image_url(api, origin):
+    body = user([{"type": "image", "image": origin.url("/chart.png")}, {"type": "text", "text": "Explain this chart"}])
+    response = api.post(GENERATE, body)
+    assert response.status_code == 200, response.content
+    assert_spec_shape(response.json())
+    row = RequestLog.objects.get()
+    assert (row.num_images, row.media[0]["source"], row.media[0]["size"]) == (1, "url", [200, 150])
+
+
+def test_video_url_and_file(api, origin, settings, tmp_path):
+    settings.VLM_ALLOWED_MEDIA_ROOT = str(tmp_path)
+    (tmp_path / "clip.mp4").write_bytes(video_bytes())
+    for source in (origin.url("/clip.mp4"), str(tmp_path / "clip.mp4")):
+        response = api.post(
+            GENERATE, user([{"type": "video", "video": source}, {"type": "text", "text": "What happens?"}])
+        )
+        assert response.status_code == 200, response.content
+        assert_spec_shape(response.json())
+    rows = RequestLog.objects.order_by("received_at")
+    assert [row.media[0]["source"] for row in rows] == ["url", "file"]
+    # 3 s at the default 2 fps: 6 frames, and the visual tokens are counted.
+    assert all(row.num_videos == 1 and row.media[0]["frames"] == 6 and row.visual_tokens > 0 for row in rows)
+
+
+def test_loopback_urls_are_refused_by_default(api, settings):
+    settings.VLM_ALLOW_PRIVATE_MEDIA_URLS = False
+    files = {"/chart.png": ("image/png", image_bytes())}
+    with MediaOrigin(files) as origin:
+        response = api.post(GENERATE, user([{"type": "image", "image": origin.url("/chart.png")}]))
+        assert origin.requests == []  # refused before connecting
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("messages[0].content[0].image: ")
+    assert "127.0.0.1" not in response.json()["detail"]
+
+
 def test_image_file_under_the_allowed_root(api, settings, tmp_path):
     settings.VLM_ALLOWED_MEDIA_ROOT = str(tmp_path)
-    (tmp_path / "cat.png").write_bytes(png_bytes())
+    (tmp_path / "cat.png").write_bytes(image_bytes())
     for source in (str(tmp_path / "cat.png"), f"file://{tmp_path / 'cat.png'}"):
         response = api.post(GENERATE, user([{"type": "image", "image": source}, {"type": "text", "text": "?"}]))
         assert response.status_code == 200, response.content
@@ -116,7 +164,7 @@ def test_image_file_under_the_allowed_root(api, settings, tmp_path):
 
 @pytest.mark.parametrize("root", [None, "elsewhere"])
 def test_file_paths_are_refused_without_or_outside_the_root(api, settings, tmp_path, root):
-    (tmp_path / "secret.png").write_bytes(png_bytes())
+    (tmp_path / "secret.png").write_bytes(image_bytes())
     if root:
         (tmp_path / root).mkdir()
         settings.VLM_ALLOWED_MEDIA_ROOT = str(tmp_path / root)

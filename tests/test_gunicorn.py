@@ -2,72 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
-from .conftest import data_uri, png_bytes
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from .samples import data_uri, image_bytes
+from .servers import gunicorn
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_path, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gunicorn")
-    database = workdir / "db.sqlite3"
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{database}",
-        "VLM_MODEL": str(tiny_model_path),
-        "VLM_DEVICE": "cpu",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "SECRET_KEY": "gunicorn-test",
-        "VLM_THREADS": "16",
-    }
-    bin_dir = Path(sys.executable).parent
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True
-    )
-    log = open(workdir / "gunicorn.log", "w")
-    process = subprocess.Popen(
-        [str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "vlmsite.wsgi"], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    states = []
-    while time.monotonic() < deadline:
-        try:
-            response = requests.get(f"{base}/health", timeout=2)
-            states.append(response.json()["status"])
-            if response.status_code == 200:
-                break
-        except (requests.ConnectionError, requests.Timeout):  # the worker is still importing Django and torch
-            pass
-        assert process.poll() is None, (workdir / "gunicorn.log").read_text()
-        time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("gunicorn did not become healthy:\n" + (workdir / "gunicorn.log").read_text())
-    yield base, database, states
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with gunicorn(workdir, model=str(tiny_model_path), VLM_THREADS="16") as running:
+        yield running.base, running.database, running.health_states
 
 
 def test_health_goes_from_loading_to_healthy(server):
@@ -88,7 +39,7 @@ def test_concurrent_generations_all_answer_and_are_on_record(server):
             "messages": [
                 {
                     "role": "user",
-                    "content": [{"type": "image", "image": data_uri(png_bytes())}, {"type": "text", "text": "?"}],
+                    "content": [{"type": "image", "image": data_uri(image_bytes())}, {"type": "text", "text": "?"}],
                 }
             ],
             "max_new_tokens": 8,

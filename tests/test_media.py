@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import os
+import shutil
 import socket
-import struct
+import ssl
+import subprocess
 import time
-import zlib
 
 import av
 import numpy as np
@@ -20,49 +20,7 @@ from inference import media
 from inference.errors import MediaError
 from inference.media import MediaPolicy, load_image, load_video
 from tests.media_origin import MediaOrigin
-
-# --- Media made on the spot ----------------------------------------------------------------------------
-
-
-def image_bytes(size: tuple[int, int] = (64, 48), mode: str = "RGB", fmt: str = "PNG", color: object = None) -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, size, color if color is not None else (200, 30, 30)).save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def gray_level(second: float) -> int:
-    """The grey of a test video frame shown at `second`: 6 levels per second, so frames tell their time."""
-    return int(second * 6) % 256
-
-
-def video_bytes(seconds: float = 3, fps: int = 10, side: int = 32, gop: int | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = side
-        stream.pix_fmt = "yuv420p"
-        if gop:
-            stream.codec_context.gop_size = gop
-        for index in range(int(seconds * fps)):
-            pixels = np.full((side, side, 3), gray_level(index / fps), dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG whose IHDR declares any size (valid CRCs), followed by a tiny IDAT: what a bomb looks like."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\0" * 1000)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-def data_uri(raw: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(raw).decode()
+from tests.samples import data_uri, gray_level, image_bytes, png_declaring, video_bytes
 
 
 def frame_gray(frame: Image.Image) -> int:
@@ -108,9 +66,9 @@ def no_connections(monkeypatch):
     monkeypatch.setattr(media, "_connect", refuse)
 
 
-def refusal(source: str, policy: MediaPolicy, loader=load_image, **hints) -> MediaError:
+def refusal(source: str, policy: MediaPolicy, loader=load_image) -> MediaError:
     with pytest.raises(MediaError) as caught:
-        loader(source, policy, **hints)
+        loader(source, policy)
     return caught.value
 
 
@@ -135,7 +93,12 @@ def test_image_from_data_uri():
 
 def test_image_from_file_under_root(media_root):
     policy = MediaPolicy(allowed_root=str(media_root))
-    for source in ("cat.png", str(media_root / "cat.png"), f"file://{media_root}/cat.png", f"file://{media_root}/c%61t.png"):
+    for source in (
+        "cat.png",
+        str(media_root / "cat.png"),
+        f"file://{media_root}/cat.png",
+        f"file://{media_root}/c%61t.png",
+    ):
         loaded = load_image(source, policy)
         assert (loaded.source_kind, loaded.sha256) == ("file", hashlib.sha256(PNG).hexdigest())
 
@@ -200,8 +163,14 @@ def test_non_public_hosts_refused_without_connecting(no_connections, url):
         ("http://user:pass@example.com/cat.png", "URLs with a user name or password are not allowed"),
         ("http://@example.com/cat.png", "URLs with a user name or password are not allowed"),
         ("ftp://example.com/cat.png", "unsupported URL scheme 'ftp': use http, https, data or a file path"),
-        ("gopher://127.0.0.1:6379/_INFO", "unsupported URL scheme 'gopher': use http, https, data or a file path"),
-        ("http://example.com\\@127.0.0.1/", "not a valid URL: it contains spaces, control characters or backslashes"),
+        (
+            "gopher://127.0.0.1:6379/_INFO",
+            "unsupported URL scheme 'gopher': use http, https, data or a file path",
+        ),
+        (
+            "http://example.com\\@127.0.0.1/",
+            "not a valid URL: it contains spaces, control characters or backslashes",
+        ),
         ("http://exa\tmple.com/", "not a valid URL: it contains spaces, control characters or backslashes"),
         (" http://example.com/", "file paths are not allowed on this server"),
         ("http:///cat.png", "not a valid URL: it has no host"),
@@ -212,8 +181,9 @@ def test_non_public_hosts_refused_without_connecting(no_connections, url):
         ("http://example.com/live.m3u8", "streaming playlists (m3u8) are not supported"),
     ],
 )
-def test_malformed_or_forbidden_sources_refused_without_connecting(no_connections, source, detail):
-    assert refusal(source, SAFE).detail == detail
+@pytest.mark.parametrize("policy", [SAFE, OPEN], ids=["safe", "private-urls-allowed"])
+def test_malformed_or_forbidden_sources_refused_without_connecting(no_connections, source, detail, policy):
+    assert refusal(source, policy).detail == detail
 
 
 def test_domain_allowlist_checked_before_resolving(no_connections, monkeypatch):
@@ -281,9 +251,10 @@ def test_redirect_to_another_scheme_refused(origin):
     assert refusal(origin.url("/redirect?to=file:///etc/passwd"), OPEN).media_reason == "scheme"
 
 
-def test_total_deadline_cuts_off_a_trickling_origin(origin):
+@pytest.mark.parametrize("path", ["/trickle", "/slow-headers"])
+def test_total_deadline_cuts_off_a_trickling_origin(origin, path):
     started = time.monotonic()
-    error = refusal(origin.url("/trickle"), MediaPolicy(allow_private_urls=True, image_deadline_s=1.0))
+    error = refusal(origin.url(path), MediaPolicy(allow_private_urls=True, image_deadline_s=1.0))
     assert (error.detail, error.media_reason) == ("fetching the image took longer than 1 s", "timeout")
     assert time.monotonic() - started < 2.0
 
@@ -314,6 +285,33 @@ def test_playlists_refused(origin, path):
 def test_http_error_status(origin):
     error = refusal(origin.url("/status/404"), OPEN)
     assert (error.detail, error.media_reason) == ("could not fetch the URL: HTTP 404", "fetch")
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_https_verifies_the_url_host_while_connecting_to_the_checked_address(tls_files, monkeypatch):
+    monkeypatch.setattr(media, "_TLS_CONTEXT", ssl.create_default_context(cafile=tls_files[0]))
+    with MediaOrigin({"/cat.png": ("image/png", PNG)}, tls=tls_files) as secure:
+        assert load_image(secure.url("/cat.png"), OPEN).source_kind == "url"
+        assert secure.requests[-1] == ("/cat.png", f"localhost:{secure.port}")
+        wrong_name = refusal(f"https://127.0.0.1:{secure.port}/cat.png", OPEN)
+        assert wrong_name.detail == "could not fetch the URL: its TLS certificate is not valid"
+    monkeypatch.setattr(media, "_TLS_CONTEXT", ssl.create_default_context())
+    with MediaOrigin({"/cat.png": ("image/png", PNG)}, tls=tls_files) as secure:
+        untrusted = refusal(secure.url("/cat.png"), OPEN)
+        assert untrusted.detail == "could not fetch the URL: its TLS certificate is not valid"
 
 
 def test_connection_refused(origin):
@@ -376,7 +374,7 @@ def test_file_byte_cap(media_root):
         ("data:image/png;base64,iVBORw0", "not a valid data URI: the base64 data is malformed"),
         ("data:image/png;base64", "not a valid data URI: expected data:image/...;base64,<data>"),
         ("data:image/png,rawbytes", "not a valid data URI: expected data:image/...;base64,<data>"),
-        ("data:text/html;base64,PGgxPg==", "data URI is not an image: expected data:image/..."),
+        ("data:text/html;base64,PGgxPg==", "data URI has the wrong media type: expected data:image/..."),
     ],
 )
 def test_bad_data_uris(source, detail):
@@ -393,13 +391,16 @@ def test_data_uri_size_checked_before_decoding():
 
 def test_decompression_bomb_refused_from_the_header():
     error = refusal(data_uri(png_declaring(100_000, 100_000)), SAFE)
-    assert (error.detail, error.media_reason) == ("image is too large to decode (more than 64,000,000 pixels)", "too_large")
+    assert (error.detail, error.media_reason) == (
+        "image is too large to decode (more than 64,000,000 pixels)",
+        "too_large",
+    )
     # Under Pillow's own limit, the policy's limit applies before any pixel is decoded.
     small_limit = MediaPolicy(max_decode_pixels=1000)
     assert refusal(data_uri(png_declaring(40, 40)), small_limit).media_reason == "too_large"
 
 
-@pytest.mark.parametrize("raw", [JPEG[: len(JPEG) // 2], b"not an image at all", png_declaring(10, 10)])
+@pytest.mark.parametrize("raw", [JPEG[: len(JPEG) // 2], PNG[:60], b"not an image at all"])
 def test_undecodable_images(raw):
     error = refusal(data_uri(raw), SAFE)
     assert (error.detail, error.media_reason) == ("could not decode the image", "decode")
@@ -412,9 +413,12 @@ def test_other_formats_refused():
 
 def test_tiny_and_elongated_images():
     assert load_image(data_uri(image_bytes((1, 1))), SAFE).image.size == (56, 56)  # scaled up, not crashed
-    assert load_image(data_uri(image_bytes((150, 1))), SAFE).image.size == (588, 28)
+    assert load_image(data_uri(image_bytes((150, 1))), SAFE).image.size == (140, 28)
     error = refusal(data_uri(image_bytes((1, 1000))), SAFE)
-    assert (error.detail, error.media_reason) == ("image aspect ratio 1×1000 is more extreme than 200:1", "dimensions")
+    assert (error.detail, error.media_reason) == (
+        "image aspect ratio 1×1000 is more extreme than 200:1",
+        "dimensions",
+    )
 
 
 @pytest.mark.parametrize(
@@ -439,7 +443,8 @@ def test_animated_gif_gives_its_first_frame():
     frames = [Image.new("RGB", (30, 30), color) for color in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-    assert load_image(data_uri(buffer.getvalue()), SAFE).image.getpixel((5, 5)) == pytest.approx((255, 0, 0), abs=2)
+    image = load_image(data_uri(buffer.getvalue()), SAFE).image
+    assert image.getpixel((5, 5)) == pytest.approx((255, 0, 0), abs=2)
 
 
 def test_pixel_hints_clamped_to_the_policy():
@@ -464,7 +469,7 @@ def test_elongated_image_under_a_small_budget_keeps_one_row_of_patches():
 # --- Video decoding ----------------------------------------------------------------------------------
 
 
-def test_corrupt_and_truncated_videos(media_root):
+def test_corrupt_and_truncated_videos():
     for raw in (b"\0" * 5000, VIDEO[: len(VIDEO) // 2], PNG):
         error = refusal(data_uri(raw, "video/mp4"), SAFE, loader=load_video)
         assert (error.detail, error.media_reason) == ("could not decode the video", "decode")
@@ -489,9 +494,29 @@ def test_video_hints_clamped_to_the_policy():
 
 
 def test_total_pixel_budget_shrinks_frames():
-    policy = MediaPolicy(video_min_frame_pixels=28 * 28, video_total_pixels=6 * 56 * 56)
-    loaded = load_video(data_uri(VIDEO, "video/mp4"), policy)
-    assert {frame.size for frame in loaded.frames} == {(56, 56)}
+    policy = MediaPolicy(video_min_frame_pixels=28 * 28, video_total_pixels=2 * 112 * 112)
+    loaded = load_video(data_uri(video_bytes(seconds=1, side=224), "video/mp4"), policy)
+    assert [frame.size for frame in loaded.frames] == [(112, 112)] * 2
+    # A total budget below the per-frame floor is raised to it: 100352 pixels, 308×308 fits, 336×336 not.
+    floor = MediaPolicy(video_total_pixels=6 * 28 * 28)
+    assert {frame.size for frame in load_video(data_uri(VIDEO, "video/mp4"), floor).frames} == {(308, 308)}
+
+
+def test_video_without_duration_metadata_is_measured_from_its_packets():
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="webm", options={"live": "1"}) as container:  # no duration written
+        stream = container.add_stream("libvpx", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for index in range(30):
+            pixels = np.full((32, 32, 3), gray_level(index / 10), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    source = data_uri(buffer.getvalue(), "video/webm")
+    loaded = load_video(source, SAFE)
+    assert (len(loaded.frames), loaded.sample_fps, loaded.duration_s) == (6, 2.0, pytest.approx(3.0))
+    too_long = refusal(source, MediaPolicy(max_video_seconds=2), loader=load_video)
+    assert too_long.detail == "video is longer than 2 seconds"
 
 
 def test_video_longer_than_the_policy_refused():
@@ -507,8 +532,14 @@ def test_long_video_sampled_by_seeking_within_the_decoding_budget():
     assert [frame_gray(frame) for frame in loaded.frames] == pytest.approx(
         [gray_level(second) for second in (0, 10, 20, 30)], abs=3
     )
-    error = refusal(long_video, MediaPolicy(max_video_frames=4, video_max_decoded_frames=5), loader=load_video)
+    tight_budget = MediaPolicy(max_video_frames=4, video_max_decoded_frames=5)
+    error = refusal(long_video, tight_budget, loader=load_video)
     assert error.detail == "video needs too much decoding to sample"
+
+
+def test_source_must_be_a_non_empty_string():
+    assert refusal("", SAFE).detail == "no image source given"
+    assert refusal(None, SAFE, loader=load_video).detail == "no video source given"
 
 
 def test_policy_validates_itself():
