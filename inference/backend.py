@@ -119,9 +119,8 @@ class _RowSelector(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         chosen = select_next_tokens(scores, self.rows)
-        forced = torch.full_like(scores, float("-inf"))
-        forced.scatter_(1, chosen[:, None], 0.0)
-        return forced
+        # In place: generate hands us its own copy of the step's logits.
+        return scores.fill_(float("-inf")).scatter_(1, chosen[:, None], 0.0)
 
 
 class _RowStopper(StoppingCriteria):

@@ -171,7 +171,7 @@ def _write_checkpoint(folder: pathlib.Path, *, seed: int) -> None:
     _build_processor().save_pretrained(folder)
 
 
-def _tiny_config() -> Qwen2_5_VLConfig:
+def tiny_config() -> Qwen2_5_VLConfig:
     """Qwen2.5-VL-7B-Instruct's config with every size shrunk; ids and vision geometry kept."""
     text_config = {
         "vocab_size": 152064,
@@ -220,7 +220,7 @@ def _build_random_model(seed: int) -> Qwen2_5_VLForConditionalGeneration:
     # fork_rng keeps the caller's global torch RNG untouched by the seeding.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(_tiny_config())
+        model = Qwen2_5_VLForConditionalGeneration(tiny_config())
     return model.to(torch.float32).eval()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.sampling import RowSampling, nucleus_thresholds, select_next_tokens
+from inference.sampling import RowSampling, nucleus_weights, select_next_tokens
 
 VOCAB = 152064
 
@@ -16,19 +16,48 @@ def sorted_reference_threshold(probs: torch.Tensor, top_p: float) -> torch.Tenso
     return ordered[int((cumulative < top_p).sum())]
 
 
+def assert_is_the_nucleus(kept: torch.Tensor, probs: torch.Tensor, top_p: float) -> None:
+    """`kept` (bool mask) is the smallest top set whose mass reaches top_p, ties at the boundary all in:
+    what a full sort finds, up to float32 rounding (transformers' own warper sums in float32 too)."""
+    smallest = probs[kept].min()
+    if not kept.all():
+        assert probs[~kept].max() < smallest  # a top set
+    mass = probs[kept].double().sum()
+    without_the_boundary = mass - smallest * (probs[kept] == smallest).sum()
+    assert mass >= top_p - 1e-4
+    assert without_the_boundary < top_p + 1e-4
+    # And it is the set the sort-based threshold gives, but for float32 rounding at the boundary.
+    reference = probs >= sorted_reference_threshold(probs, top_p)
+    assert probs[kept != reference].double().sum() < 1e-4
+
+
 @pytest.mark.parametrize("scale", [0.02, 1.0, 5.0, 30.0], ids=["flat", "gaussian", "peaked", "one-hot-ish"])
 @pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.999])
 def test_nucleus_matches_the_full_sort(scale, top_p):
     generator = torch.Generator().manual_seed(7)
-    probs = torch.softmax(torch.randn(3, VOCAB, generator=generator) * scale, dim=-1)
-    thresholds = nucleus_thresholds(probs, [top_p] * 3)
+    logits = torch.randn(3, VOCAB, generator=generator) * scale
+    probs = torch.softmax(logits, dim=-1)
+    nucleus = nucleus_weights(logits.clone(), [top_p] * 3)
     for row in range(3):
-        assert thresholds[row] == sorted_reference_threshold(probs[row], top_p)
+        assert_is_the_nucleus(nucleus[row] > 0, probs[row], top_p)
+        renormalised = nucleus[row] / nucleus[row].sum()
+        expected = torch.where(nucleus[row] > 0, probs[row], 0.0)
+        assert torch.allclose(renormalised, expected / expected.sum(), atol=1e-6)
+
+
+def test_a_boundary_bucket_with_many_tokens_is_refined():
+    # Half the vocabulary within 1e-4 of each other, far above the rest: one bucket holds 76k candidates.
+    logits = torch.full((1, VOCAB), -1.0)
+    logits[0, : VOCAB // 2] = 1e-4 * torch.arange(VOCAB // 2) / VOCAB
+    logits[0, -5:] = 3.0
+    probs = torch.softmax(logits, dim=-1)
+    nucleus = nucleus_weights(logits.clone(), [0.5])
+    assert_is_the_nucleus(nucleus[0] > 0, probs[0], 0.5)
 
 
 def test_top_p_one_keeps_every_token():
-    probs = torch.softmax(torch.randn(2, 1000), dim=-1)
-    assert (probs >= nucleus_thresholds(probs, [1.0, 1.0])[:, None]).all()
+    logits = torch.randn(2, 1000)
+    assert (nucleus_weights(logits, [1.0, 1.0]) > 0).all()
 
 
 def test_greedy_rows_take_the_argmax_and_sampled_rows_stay_in_their_nucleus():
