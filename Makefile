@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TINY_MODEL := models/tiny-qwen2.5-vl
 export DJANGO_SETTINGS_MODULE := vlmsite.settings
 
-.PHONY: demo run test lint format migrate tiny-model venv clean
+.PHONY: demo run test bench lint format migrate tiny-model venv clean prometheus-tools browser test-postgres
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -18,20 +18,33 @@ $(VENV)/.installed: requirements.txt
 .env:
 	echo "SECRET_KEY=$$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 50)" > $@
 
-migrate: venv .env
+# Front-end libraries for the admin dashboard (package.json pins them; collectstatic serves them from
+# node_modules, which is never committed).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+migrate: venv .env node_modules/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 
 tiny-model: venv .env
 	$(BIN)/python manage.py build_tiny_model $(TINY_MODEL)
 
-# Serve the tiny model with gunicorn on :8000 (HOST/PORT override).
+# Serve the tiny model with gunicorn on :8000 (HOST/PORT override). The demo lets media URLs reach
+# private addresses (an image server on localhost, say) so the spec's examples work locally; `make run`
+# keeps the safe default.
 demo: migrate tiny-model
-	VLM_MODEL=$(abspath $(TINY_MODEL)) $(BIN)/gunicorn -c gunicorn.conf.py vlmsite.wsgi
+	VLM_MODEL=$(abspath $(TINY_MODEL)) VLM_ALLOW_PRIVATE_MEDIA_URLS=$${VLM_ALLOW_PRIVATE_MEDIA_URLS:-true} \
+		$(BIN)/gunicorn -c gunicorn.conf.py vlmsite.wsgi
 
 # Serve VLM_MODEL (default Qwen/Qwen2.5-VL-7B-Instruct) with gunicorn.
 run: migrate
 	$(BIN)/gunicorn -c gunicorn.conf.py vlmsite.wsgi
+
+# The serving benchmark: batching on and off under 16 concurrent clients; writes bench/RESULTS.md.
+bench: venv .env tiny-model
+	$(BIN)/python bench/serve_bench.py
 
 lint: venv
 	$(BIN)/ruff check .
@@ -41,9 +54,31 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: venv .env lint
+# promtool and prometheus (Debian's package) for tests/test_metrics.py and tests/test_prometheus.py;
+# skipped when both are on PATH. The tests run their own server on a free port; the package's service
+# is stopped in case the install started it on :9090.
+prometheus-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+		&& { systemctl disable --now prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true; }; }
+
+# Debian's Chromium and ChromeDriver for tests/test_browser.py; skipped when both are installed.
+browser:
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# The tests marked `postgres` (the request log, admin and dashboard) again on the PostgreSQL server on
+# 127.0.0.1:5432, whenever it answers; in CI (.ci/run starts it) it must answer.
+test-postgres: venv .env
+	@if pg_isready -q -h 127.0.0.1 -p 5432; then \
+		DATABASE_URL=postgres://postgres@127.0.0.1:5432/vlm $(BIN)/pytest -m postgres; \
+	elif [ -n "$$CI" ]; then echo "PostgreSQL does not answer on 127.0.0.1:5432" >&2; exit 1; \
+	else echo "PostgreSQL does not answer on 127.0.0.1:5432: the postgres-marked tests ran on SQLite only."; fi
+
+test: venv .env lint prometheus-tools browser node_modules/.installed
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-postgres
 
 clean:
-	rm -rf $(VENV) models db.sqlite3* staticfiles .pytest_cache .ruff_cache
+	rm -rf $(VENV) models db.sqlite3* staticfiles .pytest_cache .ruff_cache node_modules

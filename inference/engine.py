@@ -11,6 +11,7 @@ Django-free: the services layer adapts it to the web app, and observers (metrics
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -19,7 +20,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from .backend import PreparedRow, is_out_of_memory
+import torch
+
+from .backend import MemoryStats, PreparedRow, is_out_of_memory
 from .errors import ClientDisconnected, OutOfMemory, Overloaded, RequestTimeout, VLMError
 from .sampling import RowSampling
 
@@ -60,7 +63,13 @@ class Job:
     received_at: float  # time.monotonic() when the HTTP request arrived
     preprocess_s: float
     deadline: float  # time.monotonic() past which the request has failed
-    on_token: Callable[[int], None] | None = None
+    # Called on the worker thread with each generated token (EOS excluded), in order. Returning True
+    # ends the row at once, successfully (finish_reason "stop"): how OpenAI `stop` strings end a row
+    # on the very token that completed them. It must be cheap: the whole batch waits for it.
+    on_token: Callable[[int], bool | None] | None = None
+    # Sampling seed: the engine gives the row its own generator on the model's device, so the same
+    # request with the same seed draws the same tokens whatever else shares its batch.
+    seed: int | None = None
     request_id: str = ""
     token_ids: list[int] = field(default_factory=list)
     enqueued_at: float = 0.0
@@ -104,6 +113,8 @@ class EngineObserver:
     def out_of_memory(self) -> None: ...
 
     def cache_cleared(self, trigger: str) -> None: ...
+
+    def memory_measured(self, stats: MemoryStats) -> None: ...
 
 
 def collect_batch(jobs: queue.Queue, *, max_size: int, wait_s: float, poll_s: float = 0.1) -> list:
@@ -176,6 +187,8 @@ class Engine:
 
     def submit(self, job: Job) -> Job:
         """Queue a prepared job; raises Overloaded when `max_queue` jobs already wait."""
+        if job.seed is not None:
+            job.sampling = dataclasses.replace(job.sampling, generator=self._seeded_generator(job.seed))
         with self._counts_lock:
             if self._waiting >= self.max_queue:
                 raise Overloaded(retry_after=1)
@@ -184,6 +197,10 @@ class Engine:
         self._jobs.put(job)
         self._publish_counts()
         return job
+
+    def _seeded_generator(self, seed: int) -> torch.Generator:
+        # The sampler draws on the logits' device: on CUDA the generator must be a CUDA generator.
+        return torch.Generator(device=self.backend.device).manual_seed(seed)
 
     def run_between_batches(self, task: Callable[[], object], *, timeout: float | None = None) -> object:
         """Run `task` on the worker thread between two batches (never during a generation)."""
@@ -312,10 +329,23 @@ class Engine:
                 self._finish(job, "stop")
                 continue
             job.token_ids.append(token)
-            if job.on_token:
-                job.on_token(token)
+            if job.on_token and self._stop_requested_by_callback(job, token):
+                continue
             if len(job.token_ids) >= job.max_new_tokens:
                 self._finish(job, "length")
+
+    def _stop_requested_by_callback(self, job: Job, token: int) -> bool:
+        """Hand `token` to the job's callback; True when the row has ended (the callback asked to stop,
+        or failed: a broken callback fails its own row, never the rest of the batch)."""
+        try:
+            stop_now = job.on_token(token)
+        except Exception:
+            logger.exception("the token callback of request %s failed", job.request_id)
+            self._fail([job], VLMError())
+            return True
+        if stop_now:
+            self._finish(job, "stop")
+        return bool(stop_now)
 
     def _finish(self, job: Job, reason: str) -> None:
         """Complete one row now, while the rest of its batch goes on."""
@@ -347,3 +377,4 @@ class Engine:
         if self.backend.memory().usage_fraction > self.vram_threshold:
             self.backend.clear_cache()
             self.observer.cache_cleared("auto")
+        self.observer.memory_measured(self.backend.memory())

@@ -42,6 +42,14 @@ class MediaError(InvalidRequest):
         self.media_reason = media_reason
 
 
+class ModelNotFound(VLMError):
+    """A request named a model this server does not serve (OpenAI's `model`; vLLM answers 404 too)."""
+
+    status_code = 404
+    default_detail = "The model does not exist."
+    reason = "model_not_found"
+
+
 class ModelNotReady(VLMError):
     status_code = 503
     default_detail = "Model is not loaded."

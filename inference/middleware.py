@@ -45,8 +45,32 @@ class RequestLogMiddleware:
         if response.status_code == 404 and not record.error_reason:
             record.error_reason, record.error_detail = "not_found", "no such endpoint"
         response["X-Request-ID"] = str(record.request_id)
-        request_finish(record=record)
+        if response.streaming:
+            # The view returned before the answer was generated: the row waits for the stream's end.
+            response.streaming_content = _RowWrittenWhenClosed(response.streaming_content, record)
+        else:
+            request_finish(record=record)
         return response
+
+
+class _RowWrittenWhenClosed:
+    """A streamed body that writes the request's row when the server closes it: after the last event,
+    or after the client went away (the server closes the body on a failed write; by then the stream
+    has recorded what happened). WSGI servers always call close(), so the row is never lost."""
+
+    def __init__(self, content, record: RequestRecord) -> None:
+        self._content = content
+        self._record = record
+        self._written = False
+
+    def __iter__(self):
+        return iter(self._content)
+
+    def close(self) -> None:
+        # Django calls this after the view's own body was closed (closers run in the order added).
+        if not self._written:
+            self._written = True
+            request_finish(record=self._record)
 
 
 class BodySizeLimitMiddleware:

@@ -52,10 +52,26 @@ class RequestLog(models.Model):
     class Meta:
         ordering = ["-received_at"]
         indexes = [
-            # The admin's filters and the dashboard's windows: each filter combined with the date order.
+            # The dashboard reads only these columns over a time window: a covering index lets the
+            # database answer from the index alone (a tenth of the table's bytes with a million rows).
+            models.Index(
+                fields=[
+                    "received_at",
+                    "status_code",
+                    "total_ms",
+                    "ttft_ms",
+                    "input_tokens",
+                    "output_tokens",
+                    "output_tokens_per_s",
+                ],
+                name="requestlog_dashboard_idx",
+            ),
+            # The admin's filters, each combined with the date order; their leading column also lets the
+            # filter choices be read with a skip scan (selectors.request_log_distinct_values).
             models.Index(fields=["status_code", "received_at"]),
             models.Index(fields=["endpoint", "received_at"]),
             models.Index(fields=["model", "received_at"]),
+            models.Index(fields=["api_key", "received_at"], name="requestlog_api_key_idx"),
         ]
 
     def __str__(self) -> str:

@@ -76,7 +76,7 @@ class ModelRuntime:
         self.backend, self.engine = backend, engine
         self.error = ""
         self.state = "healthy"
-        metrics.MODEL_LOADED.labels(model_name=self.model_name).set(1)
+        metrics.observe_model_loaded(self.model_name, engine)
 
     def engine_or_raise(self) -> Engine:
         if self.state != "healthy" or self.engine is None:

@@ -74,6 +74,8 @@ class GenerateRequestSerializer(serializers.Serializer):
     max_new_tokens = serializers.IntegerField(required=False, min_value=1)
     temperature = FiniteFloatField(required=False, min_value=0.0, max_value=2.0)
     top_p = FiniteFloatField(required=False, min_value=0.0, max_value=1.0)
+    # true: Server-Sent Events, one per text delta, then the usual body as the final event (README).
+    stream = serializers.BooleanField(required=False, default=False)
 
     def validate_max_new_tokens(self, value: int) -> int:
         limit = settings.VLM_MAX_NEW_TOKENS_LIMIT

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,10 +26,13 @@ from .errors import InvalidRequest, MediaError
 from .models import RequestLog
 from .runtime import runtime
 from .sampling import RowSampling
+from .streaming import TextStream
 
 logger = logging.getLogger(__name__)
 
 PREVIEW_CHARS = 200
+# Endpoints whose rows name the model: the spec's and OpenAI's.
+GENERATION_ENDPOINTS = ("/generate", "/chat/completions")
 
 
 @dataclass
@@ -79,17 +82,31 @@ def media_policy() -> media.MediaPolicy:
     )
 
 
-def generation_run(
+@dataclass
+class Generation:
+    """A queued generation: the engine's job, and its text as it is generated when someone reads it
+    (streaming) or matches stop strings in it; None otherwise, so plain requests cost the worker nothing."""
+
+    job: Job
+    text: TextStream | None
+
+
+def generation_start(
     *,
     record: RequestRecord,
     messages: list[dict],
     max_new_tokens: int,
     temperature: float,
     top_p: float,
-    on_token: Callable[[int], None] | None = None,
-    client_gone: Callable[[], bool] | None = None,
-) -> GenerationResult:
-    """Validate limits, load media, prepare inputs, queue the job and wait for its result."""
+    stop: Sequence[str] = (),
+    seed: int | None = None,
+    stream: bool = False,
+) -> Generation:
+    """Validate limits, load media, prepare inputs and queue the job; return without waiting.
+
+    Everything that can refuse a request happens here, so a streamed response starts only once the
+    request is known to be acceptable: its errors keep their status codes.
+    """
     record.max_new_tokens, record.temperature, record.top_p = max_new_tokens, temperature, top_p
     record.num_messages = len(messages)
     if settings.VLM_LOG_PROMPTS:
@@ -111,12 +128,47 @@ def generation_run(
         received_at=record.received_monotonic,
         preprocess_s=preprocess_s,
         deadline=record.received_monotonic + settings.VLM_REQUEST_TIMEOUT_S,
-        on_token=on_token,
+        seed=seed,
         request_id=str(record.request_id),
     )
+    text = TextStream(runtime.backend.decode, stop=stop) if stream or stop else None
+    if text is not None:
+        text.attach(job)
     engine.submit(job)
-    record.result = job.result(client_gone=client_gone)
+    return Generation(job=job, text=text)
+
+
+def generation_result(
+    *, record: RequestRecord, generation: Generation, client_gone: Callable[[], bool] | None = None
+) -> GenerationResult:
+    """Wait for the whole answer of a started generation (its text cut at a stop string)."""
+    result = generation.job.result(client_gone=client_gone)
+    record.result = generation.text.final(result) if generation.text else result
     return record.result
+
+
+def generation_deltas(
+    *, record: RequestRecord, generation: Generation, client_gone: Callable[[], bool] | None = None
+) -> Iterator[str]:
+    """The answer of a generation started with `stream=True`, as text deltas while it is generated.
+    Once exhausted, `record.result` holds the result; the job's errors are raised."""
+    record.result = yield from generation.text.deltas(generation.job, client_gone=client_gone)
+
+
+def generation_run(
+    *,
+    record: RequestRecord,
+    messages: list[dict],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    client_gone: Callable[[], bool] | None = None,
+) -> GenerationResult:
+    """Validate limits, load media, prepare inputs, queue the job and wait for its result."""
+    generation = generation_start(
+        record=record, messages=messages, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+    )
+    return generation_result(record=record, generation=generation, client_gone=client_gone)
 
 
 def _last_user_text(messages: list[dict]) -> str:
@@ -267,7 +319,7 @@ def request_log_record(*, record: RequestRecord) -> RequestLog:
         status_code=record.status_code,
         client_ip=record.client_ip,
         api_key=record.api_key,
-        model=runtime.model_name if record.endpoint.endswith("generate") else "",
+        model=runtime.model_name if record.endpoint.endswith(GENERATION_ENDPOINTS) else "",
         max_new_tokens=record.max_new_tokens,
         temperature=record.temperature,
         top_p=record.top_p,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
+from django.http import StreamingHttpResponse
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import services
 from .disconnect import client_gone_check
+from .engine import GenerationResult
+from .errors import VLMError
 from .runtime import runtime
 from .serializers import GenerateRequestSerializer
+from .streaming import SseEvents, sse_event, sse_response
 
 
 class HealthApi(APIView):
@@ -37,37 +43,70 @@ class VramStatusApi(APIView):
 
 
 class GenerateApi(APIView):
-    def post(self, request: Request) -> Response:
+    """The spec's generation; with `"stream": true`, Server-Sent Events (see `_GenerateEvents`)."""
+
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
         serializer = GenerateRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         record = request.vlm_record
-        result = services.generation_run(
+        client_gone = client_gone_check(request.META)
+        generation = services.generation_start(
             record=record,
             messages=serializer.validated_data["messages"],
-            client_gone=client_gone_check(request.META),
+            stream=serializer.validated_data["stream"],
             **serializer.validated_params(),
         )
-        timings = result.timings
-        return Response(
-            {
-                "response": result.text,
-                "usage": {
-                    "input_tokens": result.input_tokens,
-                    "output_tokens": result.output_tokens,
-                    "total_tokens": result.input_tokens + result.output_tokens,
-                },
-                "processing_time": round(timings.total_s, 4),
-                "request_id": str(record.request_id),
-                "finish_reason": result.finish_reason,
-                "timings": {
-                    "queue_ms": round(timings.queue_s * 1000, 2),
-                    "preprocess_ms": round(timings.preprocess_s * 1000, 2),
-                    "time_to_first_token_ms": round(timings.ttft_s * 1000, 2),
-                    "decode_ms": round(timings.decode_s * 1000, 2),
-                    "total_ms": round(timings.total_s * 1000, 2),
-                },
-            }
-        )
+        if generation.text is not None:
+            deltas = services.generation_deltas(record=record, generation=generation, client_gone=client_gone)
+            events = SseEvents(record=record, deltas=deltas, job=generation.job, stream_format=_GenerateEvents(record))
+            return sse_response(events)
+        result = services.generation_result(record=record, generation=generation, client_gone=client_gone)
+        return Response(generate_response_body(result, record.request_id))
+
+
+def generate_response_body(result: GenerationResult, request_id: uuid.UUID) -> dict:
+    """The spec's response: the answer, usage and processing time, plus our request id and timings."""
+    timings = result.timings
+    return {
+        "response": result.text,
+        "usage": {
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "total_tokens": result.input_tokens + result.output_tokens,
+        },
+        "processing_time": round(timings.total_s, 4),
+        "request_id": str(request_id),
+        "finish_reason": result.finish_reason,
+        "timings": {
+            "queue_ms": round(timings.queue_s * 1000, 2),
+            "preprocess_ms": round(timings.preprocess_s * 1000, 2),
+            "time_to_first_token_ms": round(timings.ttft_s * 1000, 2),
+            "decode_ms": round(timings.decode_s * 1000, 2),
+            "total_ms": round(timings.total_s * 1000, 2),
+        },
+    }
+
+
+class _GenerateEvents:
+    """The spec endpoint's events: `data: {"delta": ...}` per piece of text; then `event: done` whose
+    data is the very body a non-streamed request gets; or, after a failure, `event: error` with
+    `{"detail", "status", "request_id"}`."""
+
+    def __init__(self, record: services.RequestRecord) -> None:
+        self.request_id = record.request_id
+
+    def opening(self) -> list[bytes]:
+        return []
+
+    def delta(self, text: str) -> bytes:
+        return sse_event({"delta": text})
+
+    def closing(self, result: GenerationResult) -> list[bytes]:
+        return [sse_event(generate_response_body(result, self.request_id), event="done")]
+
+    def failure(self, error: VLMError) -> list[bytes]:
+        body = {"detail": error.detail, "status": error.status_code, "request_id": str(self.request_id)}
+        return [sse_event(body, event="error")]
 
 
 class ClearVramApi(APIView):

@@ -18,13 +18,14 @@ import torch
 from prometheus_client import REGISTRY
 
 from inference.engine import Job
+from inference.errors import VLMError
 from inference.models import RequestLog
 from inference.runtime import runtime
 from inference.sampling import RowSampling
 from monitoring import metrics
 from monitoring.checks import check_metrics_settings
 
-from .conftest import data_uri, png_bytes
+from .samples import data_uri, image_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
@@ -51,7 +52,7 @@ def failure_counts() -> dict[str, float]:
 
 
 def image_request(size: tuple[int, int] = (64, 48), max_new_tokens: int = 4) -> dict:
-    content = [{"type": "image", "image": data_uri(png_bytes(size))}, {"type": "text", "text": "What is it?"}]
+    content = [{"type": "image", "image": data_uri(image_bytes(size))}, {"type": "text", "text": "What is it?"}]
     return {"messages": [{"role": "user", "content": content}], "max_new_tokens": max_new_tokens}
 
 
@@ -155,6 +156,8 @@ def test_a_generation_with_an_image_moves_every_request_metric(api, metrics_delt
     response = api.post(GENERATE, image_request(size=(64, 48)))
 
     assert response.status_code == 200
+    # The answer leaves as soon as its row ends; the batch is observed, then memory measured, after it.
+    assert wait_for(lambda: sample("vlm_vram_allocated_bytes") > 0)
     body, row = response.json(), RequestLog.objects.get()
     assert {name: delta() for name, delta in counts.items()} == dict.fromkeys(histograms, 1.0)
     assert prompt_tokens() == prompt_sum() == body["usage"]["input_tokens"]
@@ -164,8 +167,7 @@ def test_a_generation_with_an_image_moves_every_request_metric(api, metrics_delt
     assert visual_sum() == row.visual_tokens > 0
     assert pixels_sum() == 64 * 48
     assert fetches() == 1
-    # The VRAM gauges are refreshed after every batch, not only when /vram_status is called.
-    assert sample("vlm_vram_allocated_bytes") > 0
+    # The VRAM gauges are refreshed after every batch (above), not only when /vram_status is called.
     assert sample("vlm_vram_total_bytes") >= sample("vlm_vram_reserved_bytes") > 0
 
 
@@ -187,7 +189,7 @@ def _internal(monkeypatch):
 # unauthorized and throttled come from DRF's authentication and throttles once the API has them.
 FAILURES = [
     ("validation", 400, {"messages": []}, None),
-    ("media", 400, image_request() | {"messages": [{"role": "user", "content": [{"type": "image", "image": "data:image/png;base64,AAAA"}]}]}, None),
+    ("media", 400, {"messages": [{"role": "user", "content": [{"type": "image", "image": "data:image/png;base64,AAAA"}]}]}, None),
     ("overloaded", 503, image_request(), lambda monkeypatch: monkeypatch.setattr(runtime.engine, "max_queue", 0)),
     ("timeout", 504, image_request(max_new_tokens=3000), lambda monkeypatch: monkeypatch.setattr("django.conf.settings.VLM_REQUEST_TIMEOUT_S", 0.3)),
     ("oom", 503, image_request(), _oom),
@@ -209,6 +211,16 @@ def test_each_failure_is_counted_once_under_its_reason(api, monkeypatch, reason,
     assert RequestLog.objects.get().error_reason == reason
 
 
+def test_every_domain_error_reason_is_counted_from_zero():
+    """Each reason errors.py can raise has its series from the start (a new error class must add its own)."""
+    classes, reasons = [VLMError], set()
+    while classes:
+        error_class = classes.pop()
+        reasons.add(error_class.reason)
+        classes += error_class.__subclasses__()
+    assert reasons <= set(metrics.FAILURE_REASONS)
+
+
 def test_out_of_memory_counts_the_error_and_the_clear(api, monkeypatch, metrics_delta):
     oom, cleared = metrics_delta("vlm_oom_total"), metrics_delta("vlm_vram_clears_total", trigger="oom")
     _oom(monkeypatch)
@@ -217,10 +229,15 @@ def test_out_of_memory_counts_the_error_and_the_clear(api, monkeypatch, metrics_
 
 
 def test_a_clear_above_the_threshold_counts_as_auto(api, monkeypatch, metrics_delta):
-    auto, manual = metrics_delta("vlm_vram_clears_total", trigger="auto"), metrics_delta("vlm_vram_clears_total", trigger="manual")
+    auto, manual = (
+        metrics_delta("vlm_vram_clears_total", trigger="auto"),
+        metrics_delta("vlm_vram_clears_total", trigger="manual"),
+    )
     monkeypatch.setattr(runtime.engine, "vram_threshold", 0.0)
     assert api.post(GENERATE, image_request()).status_code == 200
-    assert (auto(), manual()) == (1.0, 0.0)
+    # The answer leaves as soon as its row ends; the worker clears after the whole batch.
+    assert wait_for(lambda: auto() == 1.0)
+    assert manual() == 0.0
 
 
 def test_rejected_media_counted_by_reason(api, metrics_delta):

@@ -104,6 +104,9 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Front-end libraries come from npm at set-up (`make` runs `npm ci`; package.json pins them), never
+# from the repository: the dashboard's Chart.js is served from node_modules as static/vendor/chart.js/.
+STATICFILES_DIRS = [("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist")]
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -116,6 +119,9 @@ REST_FRAMEWORK = {
 
 # --- the model ---------------------------------------------------------------------------------
 VLM_MODEL = env.str("VLM_MODEL", default="Qwen/Qwen2.5-VL-7B-Instruct")
+# The model's name in the OpenAI-compatible API (/v1/models, `model` in requests and responses), as
+# vLLM's --served-model-name; empty: VLM_MODEL itself (a local folder's path, for instance).
+VLM_SERVED_MODEL_NAME = env.str("VLM_SERVED_MODEL_NAME", default="")
 VLM_DEVICE = env.str("VLM_DEVICE", default="auto")
 VLM_MAX_NEW_TOKENS = env.int("VLM_MAX_NEW_TOKENS", default=512)
 VLM_MAX_NEW_TOKENS_LIMIT = env.int("VLM_MAX_NEW_TOKENS_LIMIT", default=4096)
@@ -148,6 +154,19 @@ VLM_MAX_BODY_BYTES = env.int("VLM_MAX_BODY_BYTES", default=50 * 1024 * 1024)
 # Django's own cap on bodies read into memory follows ours, so neither refuses first by surprise.
 DATA_UPLOAD_MAX_MEMORY_SIZE = VLM_MAX_BODY_BYTES
 VLM_LOG_PROMPTS = env.bool("VLM_LOG_PROMPTS", default=True)
+# The playground page at / (it calls the API with the key a person types in, so it grants nothing).
+VLM_PLAYGROUND = env.bool("VLM_PLAYGROUND", default=True)
+# `manage.py prune_request_log` (run it from cron or a systemd timer) deletes rows older than this; 0 keeps all.
+VLM_LOG_RETENTION_DAYS = env.int("VLM_LOG_RETENTION_DAYS", default=30)
+
+# --- metrics (GET /metrics) ----------------------------------------------------------------------
+# Open by default, as Prometheus expects. Addresses or networks (CIDR) allowed to scrape; empty: any.
+VLM_METRICS_ALLOWED_IPS = env.list("VLM_METRICS_ALLOWED_IPS", default=[])
+# When set, scrapers must send `Authorization: Bearer <token>` (Prometheus: `authorization.credentials`).
+VLM_METRICS_TOKEN = env.str("VLM_METRICS_TOKEN", default="")
+# prometheus_client's multiprocess mode reads it from the environment when first imported;
+# gunicorn.conf.py sets a fresh temporary directory when it is empty, so workers' metrics add up.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -2,9 +2,13 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
 
+from inference.dashboard import request_log_dashboard_view
+
 urlpatterns = [
     path("", include("inference.urls")),
-    path("", include("django_prometheus.urls")),  # GET /metrics
+    path("", include("monitoring.urls")),  # GET /metrics
+    # Before admin/: the admin's catch-all would answer this path with a 404.
+    path("admin/dashboard/", admin.site.admin_view(request_log_dashboard_view), name="request-log-dashboard"),
     path("admin/", admin.site.urls),
 ]
 

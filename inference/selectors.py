@@ -1,0 +1,366 @@
+"""Read queries over the request log, for the admin and the dashboard.
+
+Every aggregate is computed by the database, and every query is shaped to stay fast with a million
+rows: Python only ever sees one row per chart point, filter choice or percentile. The heavy queries
+are written for the two backends this project supports, SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.db import NotSupportedError, connection
+from django.db.models import Count, Func, IntegerField, QuerySet, Sum
+from django.utils import timezone
+
+from .models import RequestLog
+
+
+@dataclass(frozen=True)
+class DashboardWindow:
+    key: str
+    label: str
+    span: timedelta
+    bucket: timedelta
+    label_format: str  # strftime format of a bucket's start on the time axis
+
+    @property
+    def bucket_s(self) -> int:
+        return int(self.bucket.total_seconds())
+
+
+DASHBOARD_WINDOWS = {
+    window.key: window
+    for window in (
+        DashboardWindow("hour", "Last hour", timedelta(hours=1), timedelta(minutes=1), "%H:%M"),
+        DashboardWindow("day", "Last day", timedelta(days=1), timedelta(minutes=10), "%H:%M"),
+        DashboardWindow("week", "Last week", timedelta(days=7), timedelta(hours=1), "%a %H:%M"),
+    )
+}
+DEFAULT_DASHBOARD_WINDOW = "hour"
+PERCENTILES = (50, 95)
+# The columns whose filter choices the admin lists (each leads an index, for the skip scan).
+DISTINCT_VALUE_FIELDS = ("status_code", "endpoint", "model", "api_key")
+
+
+class BucketIndex(Func):
+    """The number of the `bucket_s`-second bucket, counted from `origin`, that a datetime falls in.
+
+    Computed in native code on both backends: Django's Trunc() calls a Python function per row on
+    SQLite, which alone costs seconds over a million rows. Whole seconds: a bucket's rows are exactly
+    those with origin + n*bucket_s <= received_at < origin + (n+1)*bucket_s, as a range query selects.
+    """
+
+    output_field = IntegerField()
+
+    def __init__(self, expression, *, origin: datetime, bucket_s: int) -> None:
+        super().__init__(expression)
+        # Integers computed here, never client input, so they are safe to write into the SQL.
+        self.origin_epoch = int(origin.timestamp())
+        self.bucket_s = int(bucket_s)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        sql, params = compiler.compile(self.source_expressions[0])
+        # Django stores 'YYYY-MM-DD HH:MM:SS.ffffff'. SQLite's date functions round to milliseconds,
+        # which would move a row at HH:MM:59.9996 into the next bucket: cut the text to whole seconds.
+        seconds = f"substr({sql}, 1, 19)"
+        if connection.Database.sqlite_version_info >= (3, 38):  # unixepoch(): a tenth faster than strftime
+            epoch = f"unixepoch({seconds})"
+        else:
+            epoch, params = f"CAST(strftime(%s, {seconds}) AS INTEGER)", ("%s", *params)  # no `%` to escape in SQL
+        return f"(({epoch} - {self.origin_epoch}) / {self.bucket_s})", params
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"FLOOR((EXTRACT(EPOCH FROM {sql}) - {self.origin_epoch}) / {self.bucket_s})::integer", params
+
+    def as_sql(self, compiler, connection, **extra_context):
+        raise NotSupportedError(f"BucketIndex supports SQLite and PostgreSQL, not {connection.vendor}.")
+
+
+# --- the dashboard ------------------------------------------------------------------------------
+
+
+@dataclass
+class DashboardSeries:
+    """One value per bucket, oldest first; None where a bucket had nothing to measure."""
+
+    labels: list[str]
+    requests_per_minute: dict[str, list[float]]  # by status code
+    error_rate: list[float | None]  # % of requests answered 4xx or 5xx
+    server_error_rate: list[float | None]  # % answered 5xx
+    latency_ms: dict[str, list[float | None]]  # "p50", "p95" of generations, request to response
+    ttft_ms: dict[str, list[float | None]]  # the same for time to first token
+    output_tokens_per_s: list[float | None]  # mean decode speed of one request
+    throughput_tokens_per_s: list[float]  # output tokens of all requests per second of wall time
+    input_tokens: list[int]
+    output_tokens: list[int]
+
+
+@dataclass
+class DashboardTotals:
+    requests: int = 0
+    errors: int = 0
+    server_errors: int = 0
+    generations: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float | None:
+        return _percent(self.errors, self.requests)
+
+
+@dataclass
+class Dashboard:
+    window: DashboardWindow
+    start: datetime
+    end: datetime
+    series: DashboardSeries
+    totals: DashboardTotals
+
+
+def request_log_dashboard(*, window: DashboardWindow, now: datetime | None = None) -> Dashboard:
+    """The dashboard's charts for the window ending now: two queries, whatever the row count.
+
+    The first groups the window by (bucket, status); the second reads each bucket's p50 and p95
+    latency and time to first token by rank (nearest-rank percentiles over generations, the rows
+    with a time to first token).
+    """
+    end = now or timezone.now()
+    bucket_s = window.bucket_s
+    buckets = math.ceil(window.span.total_seconds() / bucket_s)
+    # Buckets on wall-clock boundaries (whole minutes, ten minutes, hours); the last one is the
+    # bucket in progress.
+    origin_epoch = (math.floor(end.timestamp()) // bucket_s - (buckets - 1)) * bucket_s
+    origin = datetime.fromtimestamp(origin_epoch, tz=UTC)
+    starts = [origin + i * window.bucket for i in range(buckets)]
+    groups = _dashboard_groups(origin=origin, end=end, bucket_s=bucket_s)
+
+    per_bucket = [_BucketTotals() for _ in starts]
+    for group in groups:
+        per_bucket[group["bucket"]].add(group)
+    totals = _window_totals(per_bucket)
+
+    ranges = [(start, min(start + window.bucket, end)) for start in starts]
+    percentiles = _bucket_percentiles(ranges=ranges, counts=[bucket.generations for bucket in per_bucket])
+    # Rates over the whole bucket, the one in progress too: its bar grows as it fills rather than
+    # jumping about while only seconds of it have passed.
+    minutes = bucket_s / 60
+    statuses = sorted(totals.by_status)
+    series = DashboardSeries(
+        labels=[timezone.localtime(start).strftime(window.label_format) for start in starts],
+        requests_per_minute={
+            status: [round(bucket.by_status.get(status, 0) / minutes, 3) for bucket in per_bucket]
+            for status in statuses
+        },
+        error_rate=[_percent(bucket.errors, bucket.requests) for bucket in per_bucket],
+        server_error_rate=[_percent(bucket.server_errors, bucket.requests) for bucket in per_bucket],
+        latency_ms={f"p{p}": percentiles[("total_ms", p)] for p in PERCENTILES},
+        ttft_ms={f"p{p}": percentiles[("ttft_ms", p)] for p in PERCENTILES},
+        output_tokens_per_s=[bucket.mean_tokens_per_s for bucket in per_bucket],
+        throughput_tokens_per_s=[round(bucket.output_tokens / bucket_s, 3) for bucket in per_bucket],
+        input_tokens=[bucket.input_tokens for bucket in per_bucket],
+        output_tokens=[bucket.output_tokens for bucket in per_bucket],
+    )
+    return Dashboard(window=window, start=origin, end=end, series=series, totals=totals)
+
+
+@dataclass
+class _BucketTotals:
+    requests: int = 0
+    errors: int = 0
+    server_errors: int = 0
+    generations: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens_per_s_sum: float = 0.0
+    tokens_per_s_count: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    def add(self, group: dict) -> None:
+        status_code, requests = group["status_code"], group["requests"]
+        self.requests += requests
+        self.errors += requests if status_code >= 400 else 0
+        self.server_errors += requests if status_code >= 500 else 0
+        self.generations += group["generations"]
+        self.input_tokens += group["input_tokens"] or 0
+        self.output_tokens += group["output_tokens"] or 0
+        self.tokens_per_s_sum += group["tokens_per_s_sum"] or 0.0
+        self.tokens_per_s_count += group["tokens_per_s_count"]
+        self.by_status[str(status_code)] = self.by_status.get(str(status_code), 0) + requests
+
+    @property
+    def mean_tokens_per_s(self) -> float | None:
+        if not self.tokens_per_s_count:
+            return None
+        return round(self.tokens_per_s_sum / self.tokens_per_s_count, 3)
+
+
+def _window_totals(per_bucket: Sequence[_BucketTotals]) -> DashboardTotals:
+    totals = DashboardTotals()
+    for bucket in per_bucket:
+        totals.requests += bucket.requests
+        totals.errors += bucket.errors
+        totals.server_errors += bucket.server_errors
+        totals.generations += bucket.generations
+        totals.input_tokens += bucket.input_tokens
+        totals.output_tokens += bucket.output_tokens
+        for status, requests in bucket.by_status.items():
+            totals.by_status[status] = totals.by_status.get(status, 0) + requests
+    return totals
+
+
+def _percent(part: int, whole: int) -> float | None:
+    return round(100 * part / whole, 3) if whole else None
+
+
+def _dashboard_groups(*, origin: datetime, end: datetime, bucket_s: int) -> list[dict]:
+    """Counts and sums per (bucket, status code): a few hundred rows for any window.
+
+    The columns read are all in `requestlog_dashboard_idx`, so the database scans that index only.
+    """
+    return list(
+        RequestLog.objects.filter(received_at__gte=origin, received_at__lt=end)
+        .annotate(bucket=BucketIndex("received_at", origin=origin, bucket_s=bucket_s))
+        .values("bucket", "status_code")
+        .annotate(
+            requests=Count("*"),
+            generations=Count("ttft_ms"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            tokens_per_s_sum=Sum("output_tokens_per_s"),
+            tokens_per_s_count=Count("output_tokens_per_s"),
+        )
+        .order_by()
+    )
+
+
+def _bucket_percentiles(
+    *, ranges: Sequence[tuple[datetime, datetime]], counts: Sequence[int]
+) -> dict[tuple[str, int], list[float | None]]:
+    """p50 and p95 of latency and time to first token per bucket, in one statement.
+
+    Each percentile is the generation at rank ceil(p/100 * n) of its bucket (n counted by the first
+    query), read with ORDER BY ... LIMIT 1 OFFSET over the bucket's range of the dashboard index.
+    The order runs from the nearer end, so the database keeps at most half a bucket in its sort heap.
+    (SQLite's window functions, PERCENT_RANK and friends, took over a second per column for a
+    million rows; this takes under one for both columns.)
+    """
+    result: dict[tuple[str, int], list[float | None]] = {
+        (column, p): [None] * len(ranges) for column in ("total_ms", "ttft_ms") for p in PERCENTILES
+    }
+    wanted: list[tuple[str, int, int]] = []
+    parts: list[str] = []
+    params: list = []
+    for index, ((start, stop), count) in enumerate(zip(ranges, counts, strict=True)):
+        if not count:
+            continue
+        bounds = [connection.ops.adapt_datetimefield_value(start), connection.ops.adapt_datetimefield_value(stop)]
+        for column in ("total_ms", "ttft_ms"):
+            for p in PERCENTILES:
+                rank = max(math.ceil(p / 100 * count), 1) - 1  # 0-based
+                descending = rank >= count / 2
+                parts.append(_rank_probe_sql(column, descending=descending))
+                params += [*bounds, count - 1 - rank if descending else rank]
+                wanted.append((column, p, index))
+    for (column, p, index), value in zip(wanted, _select_scalars(parts, params), strict=True):
+        result[(column, p)][index] = None if value is None else round(value, 3)
+    return result
+
+
+def _rank_probe_sql(column: str, *, descending: bool) -> str:
+    """One generation's `column` at a rank (OFFSET) within a received_at range: a scalar subquery.
+
+    Written out rather than built by the ORM: the dashboard needs hundreds of them per page, and
+    compiling a queryset for each cost a quarter of a second.
+    """
+    quote = connection.ops.quote_name
+    table, value = quote(RequestLog._meta.db_table), quote(column)
+    received, ttft = quote("received_at"), quote("ttft_ms")
+    return (
+        f"SELECT {value} FROM {table} WHERE {received} >= %s AND {received} < %s AND {ttft} IS NOT NULL"
+        f" ORDER BY {value} {'DESC' if descending else 'ASC'} LIMIT 1 OFFSET %s"
+    )
+
+
+def _select_scalars(parts: Sequence[str], params: Sequence) -> tuple:
+    """`SELECT (part1), (part2), ...`: each scalar subquery's value, in one round trip."""
+    if not parts:
+        return ()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(f"({part})" for part in parts), params)
+        return cursor.fetchone()
+
+
+def _scalar_subqueries(querysets: Sequence[QuerySet]) -> tuple:
+    """The first column of each queryset's first row, in one round trip (the ORM's SQL and parameters)."""
+    parts, params = [], []
+    for queryset in querysets:
+        sql, part_params = queryset.query.sql_with_params()
+        parts.append(sql)
+        params.extend(part_params)
+    return _select_scalars(parts, params)
+
+
+# --- the admin ----------------------------------------------------------------------------------
+
+
+def request_log_distinct_values(*, field_name: str) -> list:
+    """The distinct values of an indexed column, sorted: the admin's filter choices.
+
+    A recursive skip scan: each step asks the index for the next larger value, so the cost grows with
+    the number of distinct values, not rows (SELECT DISTINCT reads the whole index: 0.1 s per filter
+    with a million rows, on every page of the admin list).
+    """
+    if field_name not in DISTINCT_VALUE_FIELDS:
+        raise ValueError(f"{field_name!r} has no index to skip-scan; one of {DISTINCT_VALUE_FIELDS}")
+    quote = connection.ops.quote_name
+    table, column = quote(RequestLog._meta.db_table), quote(RequestLog._meta.get_field(field_name).column)
+    sql = (
+        f"WITH RECURSIVE seen(value) AS ("
+        f" SELECT MIN({column}) FROM {table}"
+        f" UNION ALL"
+        f" SELECT (SELECT MIN({column}) FROM {table} WHERE {column} > seen.value) FROM seen"
+        f" WHERE seen.value IS NOT NULL"
+        f") SELECT value FROM seen WHERE value IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return [value for (value,) in cursor.fetchall()]
+
+
+def request_log_periods_with_rows(*, queryset: QuerySet, periods: Sequence[tuple[datetime, datetime]]) -> list[bool]:
+    """For each [start, end) period, whether the queryset has a row received in it.
+
+    One index probe per period, all in one statement, where the admin's own date hierarchy (SELECT
+    DISTINCT of truncated dates) reads every row of the range and, on SQLite, calls a Python function
+    on each (3 s with a million rows).
+    """
+    probes = []
+    for start, end in periods:
+        # The period's bounds come first in the WHERE clause: given two ranges on received_at (the
+        # admin's own date filters are in `queryset`), SQLite's planner seeks the index by the first.
+        period = RequestLog.objects.filter(received_at__gte=start, received_at__lt=end)
+        if queryset.query.distinct:
+            period = period.distinct()
+        probes.append((period & queryset).order_by().values("pk")[:1])
+    return [value is not None for value in _scalar_subqueries(probes)]
+
+
+def request_log_received_range(*, queryset: QuerySet) -> tuple[datetime | None, datetime | None]:
+    """The first and last received_at of the queryset (two index lookups)."""
+    first = queryset.order_by("received_at").values_list("received_at", flat=True).first()
+    last = queryset.order_by("-received_at").values_list("received_at", flat=True).first()
+    return first, last
+
+
+def request_log_export_rows(*, queryset: QuerySet) -> Iterator[tuple]:
+    """The header and then every row of the queryset, every field, streamed from the database in chunks."""
+    names = [model_field.name for model_field in RequestLog._meta.concrete_fields]
+    yield tuple(names)
+    yield from queryset.order_by("-received_at", "-pk").values_list(*names).iterator(chunk_size=2000)
