@@ -77,7 +77,7 @@ class LoadResult:
     output_tokens: int
     latencies: list[float]
     ttfts: list[float]
-    batch_sizes: list[int]
+    mean_batch_size: float
 
     @property
     def requests_per_s(self) -> float:
@@ -122,8 +122,20 @@ def run_load(
         output_tokens=sum(body["usage"]["output_tokens"] for body, _ in ok),
         latencies=[latency for _, latency in ok],
         ttfts=[body["timings"]["time_to_first_token_ms"] / 1000 for body, _ in ok],
-        batch_sizes=[],
+        mean_batch_size=mean_batch_size(server, [body["request_id"] for body, _ in ok]),
     )
+
+
+def mean_batch_size(server: Gunicorn, request_ids: list[str]) -> float:
+    """Mean rows per batch these requests ran in, from the server's request log."""
+    import sqlite3
+
+    wanted = {request_id.replace("-", "") for request_id in request_ids}
+    with sqlite3.connect(server.database) as connection:
+        sizes = [
+            size for key, size in connection.execute("SELECT id, batch_size FROM inference_requestlog") if key in wanted
+        ]
+    return sum(sizes) / len(sizes) if sizes else float("nan")
 
 
 def http_latencies(server: Gunicorn, body: dict, count: int) -> list[float]:
@@ -217,15 +229,15 @@ def write_results(path: Path, args, results: list[LoadResult], overhead: dict, r
         f"{args.max_new_tokens}, temperature 0.7, top_p 0.9, "
         + (f"every {args.image_every}th request with a 320x240 JPEG" if args.image_every else "text only"),
         "",
-        "| mode | requests/s | output tokens/s | p50 latency ms | p95 | p99 | TTFT p50 ms | TTFT p95 | failures |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | requests/s | output tokens/s | p50 latency ms | p95 | p99 | TTFT p50 ms | TTFT p95 | mean batch | failures |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in results:
         lines.append(
             f"| {result.mode} | {result.requests_per_s:.2f} | {result.tokens_per_s:.1f} | "
             f"{ms(percentile(result.latencies, 0.5))} | {ms(percentile(result.latencies, 0.95))} | "
             f"{ms(percentile(result.latencies, 0.99))} | {ms(percentile(result.ttfts, 0.5))} | "
-            f"{ms(percentile(result.ttfts, 0.95))} | {result.failures} |"
+            f"{ms(percentile(result.ttfts, 0.95))} | {result.mean_batch_size:.1f} | {result.failures} |"
         )
     ratio = batched.tokens_per_s / unbatched.tokens_per_s
     lines += [
@@ -257,6 +269,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96, help="requests per mode")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16, help="VLM_MAX_BATCH_SIZE with batching on")
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="VLM_BATCH_WAIT_MS")
     parser.add_argument("--image-every", type=int, default=4, help="every Nth request carries an image (0: none)")
     parser.add_argument("--overhead-requests", type=int, default=40)
     parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
@@ -276,7 +289,12 @@ def main() -> None:
         overhead: dict[str, list[float]] = {}
         for mode, batch_size in (("batching on", args.batch_size), ("batching off", 1)):
             print(f"{mode}: starting gunicorn (VLM_MAX_BATCH_SIZE={batch_size}) ...", flush=True)
-            settings = {"VLM_DEVICE": args.device, "VLM_MAX_BATCH_SIZE": str(batch_size), "LOG_LEVEL": "WARNING"}
+            settings = {
+                "VLM_DEVICE": args.device,
+                "VLM_MAX_BATCH_SIZE": str(batch_size),
+                "VLM_BATCH_WAIT_MS": str(args.batch_wait_ms),
+                "LOG_LEVEL": "WARNING",
+            }
             with gunicorn(workdir, model=args.model, ready_timeout=900, **settings) as server:
                 run_load(
                     server, f"{mode} warm-up", clients=args.clients, total=args.clients, max_new_tokens=4, image_every=0
@@ -289,7 +307,11 @@ def main() -> None:
                     max_new_tokens=args.max_new_tokens,
                     image_every=args.image_every,
                 )
-                print(f"  {mode}: {result.tokens_per_s:.1f} output tokens/s, {result.failures} failures", flush=True)
+                print(
+                    f"  {mode}: {result.tokens_per_s:.1f} output tokens/s, mean batch {result.mean_batch_size:.1f}, "
+                    f"{result.failures} failures",
+                    flush=True,
+                )
                 results.append(result)
                 if batch_size == 1:
                     print("overhead: sequential requests over HTTP ...", flush=True)

@@ -13,25 +13,15 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
 import torch
 from qwen_vl_utils import process_vision_info
-from transformers import (
-    AutoProcessor,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    Qwen2_5_VLForConditionalGeneration,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoProcessor, DynamicCache, GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
 from .errors import InvalidRequest
-from .sampling import RowSampling, select_next_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -111,43 +101,23 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-class _RowSelector(LogitsProcessor):
-    """Makes generate's argmax pick the token our per-row sampler chose (see sampling.py)."""
+@dataclass
+class DecodeBatch:
+    """Rows decoding together: their KV cache, attention mask and next positions, one row per job.
 
-    def __init__(self, rows: Sequence[RowSampling]) -> None:
-        self.rows = rows
+    Rows join after their own prefill and leave when they finish, between any two decode steps
+    (continuous batching): a new request never waits for a whole batch to end. Rows are left-padded
+    to a common length; the attention mask hides the padding.
+    """
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = select_next_tokens(scores, self.rows)
-        # In place: generate hands us its own copy of the step's logits.
-        return scores.fill_(float("-inf")).scatter_(1, chosen[:, None], 0.0)
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # (rows, cached length)
+    next_positions: torch.Tensor  # (rows,) the rotary position of each row's next token
+    last_tokens: torch.Tensor  # (rows,) each row's latest token, the next step's input
 
-
-class _RowStopper(StoppingCriteria):
-    """Per-row stopping decided by the engine (own max_new_tokens, EOS, cancellation)."""
-
-    def __init__(self, finished: Callable[[], Sequence[bool]]) -> None:
-        self.finished = finished
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.tensor(self.finished(), dtype=torch.bool, device=input_ids.device)
-
-
-class _StepStreamer(BaseStreamer):
-    """Hands each step's new tokens (one per row) to the engine; the first put is the prompt."""
-
-    def __init__(self, on_step: Callable[[list[int]], None]) -> None:
-        self.on_step = on_step
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.on_step(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass
+    @property
+    def size(self) -> int:
+        return int(self.attention_mask.shape[0])
 
 
 class QwenVLBackend:
@@ -226,26 +196,55 @@ class QwenVLBackend:
                 f"the model's context of {self.context_length} tokens"
             )
 
-    def generate(
-        self,
-        rows: Sequence[PreparedRow],
-        sampling: Sequence[RowSampling],
-        *,
-        max_new_tokens: int,
-        on_step: Callable[[list[int]], None],
-        finished: Callable[[], Sequence[bool]],
-    ) -> None:
-        """One batched generation. Tokens reach the caller through `on_step`, one call per step;
-        `finished` says per row when to stop (the engine owns limits, EOS and cancellation)."""
-        batch = {key: value.to(self.device) for key, value in _collate(rows, self.pad_token_id).items()}
+    def prefill(self, rows: Sequence[PreparedRow]) -> tuple[DecodeBatch, torch.Tensor]:
+        """Run the prompts of `rows` (vision encoder included) in one forward pass.
+
+        Returns their decode state and the logits of each row's first new token (rows x vocab, float32);
+        the caller picks the tokens and hands them to `DecodeBatch.last_tokens`.
+        """
+        inputs = {key: value.to(self.device) for key, value in _collate(rows, self.pad_token_id).items()}
+        attention_mask = inputs["attention_mask"]
+        positions = self._prompt_positions(inputs)
+        cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
-            self.model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                logits_processor=LogitsProcessorList([_RowSelector(sampling)]),
-                stopping_criteria=StoppingCriteriaList([_RowStopper(finished)]),
-                streamer=_StepStreamer(on_step),
+            output = self.model(**inputs, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        # Padding positions hold placeholders; a row continues after the largest of its real ones.
+        real = attention_mask.bool()[None].expand_as(positions)
+        next_positions = positions.masked_fill(~real, -1).amax(dim=(0, 2)) + 1
+        state = DecodeBatch(cache, attention_mask, next_positions, torch.zeros_like(next_positions))
+        return state, output.logits[:, -1].float()
+
+    def _prompt_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rotary positions (3 x rows x length): Qwen's 3D ones when there is an image or video, else
+        the text positions (counting real tokens only, as generate does with left padding)."""
+        if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
+            positions, _ = self.model.model.get_rope_index(
+                inputs["input_ids"],
+                mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs.get("image_grid_thw"),
+                video_grid_thw=inputs.get("video_grid_thw"),
+                second_per_grid_ts=inputs.get("second_per_grid_ts"),
+                attention_mask=inputs["attention_mask"],
             )
+            return positions
+        mask = inputs["attention_mask"]
+        text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        return text[None].expand(3, -1, -1)
+
+    def decode_step(self, state: DecodeBatch) -> torch.Tensor:
+        """Feed every row its last token; returns the next token's logits (rows x vocab, float32)."""
+        state.attention_mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(state.size, 1)], dim=1)
+        positions = state.next_positions.view(1, -1, 1).expand(3, -1, 1)
+        with torch.inference_mode():
+            output = self.model(
+                input_ids=state.last_tokens[:, None],
+                attention_mask=state.attention_mask,
+                position_ids=positions,
+                cache=state.cache,
+                use_cache=True,
+            )
+        state.next_positions = state.next_positions + 1
+        return output.logits[:, -1].float()
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.processor.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -274,3 +273,47 @@ def _collate(rows: Sequence[PreparedRow], pad_token_id: int) -> dict[str, torch.
         else:
             batch[key] = torch.cat(present)
     return batch
+
+
+def merge_batches(running: DecodeBatch | None, joining: DecodeBatch) -> DecodeBatch:
+    """One batch holding the rows of both, left-padded to the longer cache (running rows first)."""
+    if running is None:
+        return joining
+    length = max(running.attention_mask.shape[1], joining.attention_mask.shape[1])
+
+    def left_pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = length - tensor.shape[dim]
+        if missing == 0:
+            return tensor
+        shape = list(tensor.shape)
+        shape[dim] = missing
+        return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+    for ours, theirs in zip(running.cache.layers, joining.cache.layers, strict=True):
+        ours.keys = torch.cat([left_pad(ours.keys, -2), left_pad(theirs.keys, -2)])
+        ours.values = torch.cat([left_pad(ours.values, -2), left_pad(theirs.values, -2)])
+    return DecodeBatch(
+        cache=running.cache,
+        attention_mask=torch.cat([left_pad(running.attention_mask, 1), left_pad(joining.attention_mask, 1)]),
+        next_positions=torch.cat([running.next_positions, joining.next_positions]),
+        last_tokens=torch.cat([running.last_tokens, joining.last_tokens]),
+    )
+
+
+def keep_rows(state: DecodeBatch, rows: Sequence[int]) -> DecodeBatch | None:
+    """The batch without the rows that finished (None when none is left), and without the leading
+    columns that only padded them."""
+    if not rows:
+        return None
+    index = torch.tensor(rows, device=state.attention_mask.device)
+    attention_mask = state.attention_mask.index_select(0, index)
+    first_used = int(attention_mask.any(dim=0).nonzero()[0])
+    for layer in state.cache.layers:
+        layer.keys = layer.keys.index_select(0, index)[..., first_used:, :]
+        layer.values = layer.values.index_select(0, index)[..., first_used:, :]
+    return DecodeBatch(
+        cache=state.cache,
+        attention_mask=attention_mask[:, first_used:],
+        next_positions=state.next_positions.index_select(0, index),
+        last_tokens=state.last_tokens.index_select(0, index),
+    )

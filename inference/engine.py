@@ -1,10 +1,12 @@
-"""The engine: one per process, it owns the model. A bounded queue, one worker thread, dynamic batching.
+"""The engine: one per process, it owns the model. A bounded queue, one worker thread, continuous batching.
 
 Request threads validate, load media and run the processor (backend.prepare) in parallel, then
-`submit` a Job. The worker collects a batch (up to `max_batch_size` jobs; after the first arrives
-it waits at most `batch_wait_s` for more), runs one batched generation with per-row sampling and
-stopping, and completes each job the moment its row ends (EOS, its own max_new_tokens, or
-cancellation), not when the whole batch ends. Maintenance (cache clearing) runs between batches.
+`submit` a Job. When idle, the worker collects a batch (up to `max_batch_size` jobs; after the first
+arrives it waits at most `batch_wait_s` for more) and prefills it; while rows decode, jobs that
+arrive join the batch at the next step (after their own prefill) as long as there is room, so a new
+request never waits for a whole batch to finish. Every row keeps its own sampling and stopping, and
+completes the moment it ends (EOS, its own max_new_tokens, a stop asked by its callback, or
+cancellation). Maintenance (cache clearing) runs on the worker between two model steps.
 
 Django-free: the services layer adapts it to the web app, and observers (metrics) subscribe to it.
 """
@@ -22,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backend import MemoryStats, PreparedRow, is_out_of_memory
+from .backend import DecodeBatch, MemoryStats, PreparedRow, is_out_of_memory, keep_rows, merge_batches
 from .errors import ClientDisconnected, OutOfMemory, Overloaded, RequestTimeout, VLMError
-from .sampling import RowSampling
+from .sampling import RowSampling, select_next_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +110,8 @@ class EngineObserver:
 
     def queue_changed(self, waiting: int, running: int) -> None: ...
 
-    def batch_finished(self, size: int, seconds: float) -> None: ...
+    def rows_joined(self, batch_size: int) -> None:
+        """New rows joined the batch; `batch_size` counts the rows decoding together now."""
 
     def out_of_memory(self) -> None: ...
 
@@ -141,6 +144,19 @@ def collect_batch(jobs: queue.Queue, *, max_size: int, wait_s: float, poll_s: fl
             break
         batch.append(item)
     return batch
+
+
+def take_waiting(jobs: queue.Queue, *, max_size: int) -> list:
+    """Whatever waits in the queue now, up to `max_size`, without blocking (wake-ups skipped)."""
+    taken: list = []
+    while len(taken) < max_size:
+        try:
+            item = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if item is not None:
+            taken.append(item)
+    return taken
 
 
 class Engine:
@@ -203,7 +219,7 @@ class Engine:
         return torch.Generator(device=self.backend.device).manual_seed(seed)
 
     def run_between_batches(self, task: Callable[[], object], *, timeout: float | None = None) -> object:
-        """Run `task` on the worker thread between two batches (never during a generation)."""
+        """Run `task` on the worker thread between two model steps (never during a forward pass)."""
         future: Future = Future()
         self._maintenance.put((task, future))
         self._jobs.put(None)  # wake the worker if it is idle
@@ -226,18 +242,32 @@ class Engine:
         self.observer.queue_changed(self._waiting, self._running)
 
     def _work(self) -> None:
+        running: list[Job] = []
+        state: DecodeBatch | None = None
         while not self._stop.is_set():
             self._run_maintenance()
-            jobs = collect_batch(self._jobs, max_size=self.max_batch_size, wait_s=self.batch_wait_s)
-            if not jobs:
-                continue
+            joining = self._take_new_jobs(busy=len(running))
+            if joining:
+                state, running = self._join(state, running, joining)
+            if running:
+                state, running = self._step(state, running)
+            self._running = len(running)
+            self._publish_counts()
+
+    def _take_new_jobs(self, *, busy: int) -> list[Job]:
+        """Jobs to start now: with rows decoding, whatever already waits (no waiting: they join at the
+        next step); when idle, a batch collected as `collect_batch` does."""
+        free = self.max_batch_size - busy
+        if free <= 0:
+            return []
+        if busy:
+            jobs = take_waiting(self._jobs, max_size=free)
+        else:
+            jobs = collect_batch(self._jobs, max_size=free, wait_s=self.batch_wait_s)
+        if jobs:
             with self._counts_lock:
                 self._waiting -= len(jobs)
-            live = [job for job in jobs if self._still_wanted(job)]
-            if live:
-                self._run_batch(live)
-                self._clear_cache_if_above_threshold()
-            self._publish_counts()
+        return [job for job in jobs if self._still_wanted(job)]
 
     def _still_wanted(self, job: Job) -> bool:
         """Jobs whose client left, or whose deadline passed while queued, never reach the model."""
@@ -260,53 +290,98 @@ class Engine:
             except Exception as error:  # reported to the caller, the worker keeps serving
                 future.set_exception(error)
 
-    def _run_batch(self, jobs: list[Job]) -> None:
-        """Generate for `jobs`; on out-of-memory, clear the cache and retry in halves."""
-        started = time.monotonic()
-        self._running = len(jobs)
+    def _join(
+        self, state: DecodeBatch | None, running: list[Job], joining: list[Job]
+    ) -> tuple[DecodeBatch | None, list[Job]]:
+        """Prefill the new jobs (their first token comes out of it) and add them to the running rows."""
+        self._running = len(running) + len(joining)
         self._publish_counts()
+        joined = self._prefill(joining)
+        if joined is None:
+            return state, running
+        joined_state, joined_jobs = joined
+        running = running + joined_jobs
+        for job in running:
+            job.batch_size = max(job.batch_size, len(running))
+        self.observer.rows_joined(len(running))
+        return self._without_finished(merge_batches(state, joined_state), running)
+
+    def _prefill(self, jobs: list[Job]) -> tuple[DecodeBatch, list[Job]] | None:
+        """Prompt pass for `jobs`; on out-of-memory, clear the cache and retry in halves."""
+        started = time.monotonic()
         for job in jobs:
-            job.started_at, job.batch_size = started, len(jobs)
+            job.started_at = started
             job.token_ids.clear()
         try:
-            self.backend.generate(
-                [job.row for job in jobs],
-                [job.sampling for job in jobs],
-                max_new_tokens=max(job.max_new_tokens for job in jobs),
-                on_step=lambda tokens: self._on_step(jobs, tokens),
-                finished=lambda: [job.finished for job in jobs],
-            )
+            state, logits = self.backend.prefill([job.row for job in jobs])
         except Exception as error:
-            self._running = 0
             if is_out_of_memory(error):
-                self._recover_from_oom(jobs)
-                return
-            logger.exception("generation failed for a batch of %d", len(jobs))
+                return self._prefill_in_halves(jobs)
+            logger.exception("prefill failed for %d requests", len(jobs))
             self._fail(jobs, VLMError())
-            return
-        finally:
-            self.observer.batch_finished(len(jobs), time.monotonic() - started)
-        self._running = 0
-        # A row can outlive generate only if generate stopped early for its own reasons (max length).
-        for job in jobs:
-            if not job.finished:
-                self._finish(job, "length")
+            return None
+        state.last_tokens = select_next_tokens(logits, [job.sampling for job in jobs])
+        self._on_step(jobs, state.last_tokens.tolist())
+        return state, jobs
 
-    def _recover_from_oom(self, jobs: list[Job]) -> None:
+    def _prefill_in_halves(self, jobs: list[Job]) -> tuple[DecodeBatch, list[Job]] | None:
+        self._out_of_memory()
+        if len(jobs) == 1:
+            self._fail(jobs, OutOfMemory())
+            return None
+        logger.warning("out of memory in the prefill of %d requests; retrying in halves", len(jobs))
+        half = len(jobs) // 2
+        parts = [part for part in (self._prefill(jobs[:half]), self._prefill(jobs[half:])) if part is not None]
+        if not parts:
+            return None
+        state = None
+        for part_state, _ in parts:
+            state = merge_batches(state, part_state)
+        return state, [job for _, part_jobs in parts for job in part_jobs]
+
+    def _step(self, state: DecodeBatch, running: list[Job]) -> tuple[DecodeBatch | None, list[Job]]:
+        """One decode step for every running row; rows that end leave the batch at once."""
+        try:
+            logits = self.backend.decode_step(state)
+        except Exception as error:
+            return self._restart_after_step_failure(running, error)
+        state.last_tokens = select_next_tokens(logits, [job.sampling for job in running])
+        self._on_step(running, state.last_tokens.tolist())
+        before = len(running)
+        state, running = self._without_finished(state, running)
+        if len(running) < before:  # rows left: a moment to give memory back
+            self._clear_cache_if_above_threshold()
+        return state, running
+
+    def _restart_after_step_failure(self, running: list[Job], error: Exception) -> tuple[None, list[Job]]:
+        """A failed step leaves the cache unusable. After out-of-memory, rows whose client has seen no
+        token start again (in smaller prefills); rows that already streamed fail, as on any other error."""
+        if not is_out_of_memory(error):
+            logger.exception("a decode step failed for %d requests", len(running))
+            self._fail(running, VLMError())
+            return None, []
+        self._out_of_memory()
+        retry = [job for job in running if not job.finished and not (job.on_token and job.token_ids)]
+        self._fail([job for job in running if job not in retry], OutOfMemory())
+        if len(retry) == 1 and len(running) == 1:
+            self._fail(retry, OutOfMemory())
+            return None, []
+        logger.warning("out of memory in a decode step of %d rows; restarting %d", len(running), len(retry))
+        joined = self._prefill_in_halves(retry) if len(retry) > 1 else self._prefill(retry)
+        if joined is None:
+            return None, []
+        return self._without_finished(*joined)
+
+    def _out_of_memory(self) -> None:
         self.observer.out_of_memory()
         self.backend.clear_cache()
         self.observer.cache_cleared("oom")
-        # Rows that already streamed tokens to a client cannot be replayed invisibly.
-        retry = [job for job in jobs if not job.finished and not (job.on_token and job.token_ids)]
-        self._fail([job for job in jobs if job not in retry], OutOfMemory())
-        if len(retry) == len(jobs) == 1:
-            self._fail(retry, OutOfMemory())
-            return
-        logger.warning("out of memory in a batch of %d; retrying in halves", len(jobs))
-        half = max(1, len(retry) // 2)
-        for part in (retry[:half], retry[half:]):
-            if part:
-                self._run_batch(part)
+
+    def _without_finished(self, state: DecodeBatch, running: list[Job]) -> tuple[DecodeBatch | None, list[Job]]:
+        keep = [index for index, job in enumerate(running) if not job.finished]
+        if len(keep) == len(running):
+            return state, running
+        return keep_rows(state, keep), [running[index] for index in keep]
 
     def _fail(self, jobs: Sequence[Job], error: VLMError) -> None:
         for job in jobs:

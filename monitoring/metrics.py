@@ -106,7 +106,12 @@ MEDIA_FETCH_TIME = Histogram(
     "vlm_media_fetch_seconds", "Time to fetch and decode one media item.", (*MODEL, "kind"), buckets=LATENCY_BUCKETS
 )
 MEDIA_REJECTED = Counter("vlm_media_rejected", "Media items refused, by reason.", (*MODEL, "reason"))
-BATCH_SIZE = Histogram("vlm_batch_size", "Rows per batched generation.", MODEL, buckets=BATCH_BUCKETS)
+BATCH_SIZE = Histogram(
+    "vlm_batch_size",
+    "Rows decoding together, observed each time requests join the batch.",
+    MODEL,
+    buckets=BATCH_BUCKETS,
+)
 # Workers on one GPU each hold their own allocations on the same device: the server's use is their
 # sum, the device's size is the same for all. On a CPU: the workers' resident memory, the host's total.
 VRAM_ALLOCATED = Gauge(
@@ -139,8 +144,8 @@ class EngineMetrics(EngineObserver):
         NUM_REQUESTS_WAITING.labels(self.model_name).set(waiting)
         NUM_REQUESTS_RUNNING.labels(self.model_name).set(running)
 
-    def batch_finished(self, size: int, seconds: float) -> None:
-        BATCH_SIZE.labels(self.model_name).observe(size)
+    def rows_joined(self, batch_size: int) -> None:
+        BATCH_SIZE.labels(self.model_name).observe(batch_size)
 
     def out_of_memory(self) -> None:
         OOM.labels(self.model_name).inc()

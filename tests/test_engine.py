@@ -153,8 +153,8 @@ def test_full_queue_is_refused_at_once(backend, rows):
 
 def test_cancelled_and_expired_jobs_never_reach_the_model(engine, rows, monkeypatch):
     calls = []
-    original = engine.backend.generate
-    monkeypatch.setattr(engine.backend, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = engine.backend.prefill
+    monkeypatch.setattr(engine.backend, "prefill", lambda *a, **k: calls.append(1) or original(*a, **k))
     cancelled, expired = make_job(rows[0]), make_job(rows[0], timeout=-1)
     cancelled.cancel()
     engine.submit(cancelled), engine.submit(expired)
@@ -175,50 +175,78 @@ def test_waiting_past_the_deadline_times_out_and_cancels(engine, rows):
     assert engine.submit(make_job(rows[0], 2)).result().output_tokens == 2
 
 
-def test_out_of_memory_retries_in_smaller_batches(engine, rows, monkeypatch):
-    original = engine.backend.generate
+def test_a_request_joins_a_batch_that_is_already_decoding(engine, rows):
+    long = engine.submit(make_job(rows[0], 80))
+    streamed = threading.Event()
+    long.on_token = lambda token: streamed.set()
+    assert streamed.wait(10)
+    late = engine.submit(make_job(rows[1], 3))
+    assert late.result().output_tokens == 3
+    assert not long.future.done()  # it joined the running batch instead of waiting for it to end
+    assert late.result().batch_size == 2
+    assert long.result().output_tokens == 80
+
+
+def test_out_of_memory_in_a_prefill_retries_in_smaller_ones(engine, rows, monkeypatch):
+    original = engine.backend.prefill
     sizes = []
 
-    def generate_that_fits_one_row(batch_rows, *args, **kwargs):
+    def prefill_that_fits_one_row(batch_rows):
         sizes.append(len(batch_rows))
         if len(batch_rows) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(batch_rows, *args, **kwargs)
+        return original(batch_rows)
 
-    monkeypatch.setattr(engine.backend, "generate", generate_that_fits_one_row)
-    jobs = [engine.submit(make_job(row, 4)) for row in rows]
+    monkeypatch.setattr(engine.backend, "prefill", prefill_that_fits_one_row)
+    jobs = [engine.submit(make_job(row, 4)) for row in rows]  # within the 50 ms collection window
     assert [job.result().output_tokens for job in jobs] == [4, 4, 4, 4]
     assert sizes[0] == 4 and max(sizes[1:]) < 4
 
 
+def test_out_of_memory_in_a_decode_step_restarts_the_rows(engine, rows, monkeypatch):
+    original = engine.backend.decode_step
+    failures = []
+
+    def decode_step_failing_once(state):
+        if not failures and state.size > 1:
+            failures.append(state.size)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return original(state)
+
+    monkeypatch.setattr(engine.backend, "decode_step", decode_step_failing_once)
+    jobs = [engine.submit(make_job(row, 5)) for row in rows[:2]]
+    alone = [engine.submit(make_job(row, 5)).result().token_ids for row in rows[:2]]
+    assert failures and [job.result().token_ids for job in jobs] == alone
+
+
 def test_a_row_that_fails_alone_gets_oom_and_the_engine_keeps_serving(engine, rows, monkeypatch):
-    original = engine.backend.generate
+    original = engine.backend.prefill
 
     def always_oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(engine.backend, "generate", always_oom)
+    monkeypatch.setattr(engine.backend, "prefill", always_oom)
     with pytest.raises(OutOfMemory):
         engine.submit(make_job(rows[0], 4)).result()
-    monkeypatch.setattr(engine.backend, "generate", original)
+    monkeypatch.setattr(engine.backend, "prefill", original)
     assert engine.submit(make_job(rows[0], 4)).result().output_tokens == 4
 
 
-def test_maintenance_runs_on_the_worker_between_batches(engine, rows, monkeypatch):
-    original = engine.backend.generate
-    generating = threading.Event()
+def test_maintenance_runs_on_the_worker_between_model_steps(engine, rows, monkeypatch):
+    original = engine.backend.decode_step
+    in_forward = threading.Event()
 
-    def tracked_generate(*args, **kwargs):
-        generating.set()
+    def tracked_step(state):
+        in_forward.set()
         try:
-            return original(*args, **kwargs)
+            return original(state)
         finally:
-            generating.clear()
+            in_forward.clear()
 
-    monkeypatch.setattr(engine.backend, "generate", tracked_generate)
+    monkeypatch.setattr(engine.backend, "decode_step", tracked_step)
     running = engine.submit(make_job(rows[0], 40))
-    while not generating.is_set() and not running.future.done():
+    while not running.token_ids:
         time.sleep(0.001)
-    seen = engine.run_between_batches(lambda: (threading.current_thread().name, generating.is_set()))
+    seen = engine.run_between_batches(lambda: (threading.current_thread().name, in_forward.is_set()))
     assert seen == ("vlm-engine", False)
-    assert running.future.done()  # it waited for the batch to end
+    assert running.result().output_tokens == 40

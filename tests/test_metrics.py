@@ -175,7 +175,7 @@ def _oom(monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(runtime.backend, "generate", out_of_memory)
+    monkeypatch.setattr(runtime.backend, "prefill", out_of_memory)
 
 
 def _internal(monkeypatch):
