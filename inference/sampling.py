@@ -85,14 +85,18 @@ def nucleus_weights(scaled_logits: torch.Tensor, top_ps: Sequence[float]) -> tor
 
 
 def select_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
-    """Pick one token per row from `logits` (batch x vocab, float32): argmax or nucleus sampling."""
+    """Pick one token per row from `logits` (batch x vocab, float32): argmax or nucleus sampling.
+    `logits` may be overwritten."""
     next_tokens = torch.argmax(logits, dim=-1)
     sampled = [index for index, row in enumerate(rows) if not row.greedy]
     if not sampled:
         return next_tokens
     index = torch.tensor(sampled, device=logits.device)
     temperatures = logits.new_tensor([rows[row].temperature for row in sampled])
-    scaled = logits.index_select(0, index).div_(temperatures[:, None])
+    # The logits are the caller's to give away (a fresh float32 copy per step): when every row samples,
+    # work on them in place rather than copying 152k floats per row.
+    every_row = len(sampled) == len(rows)
+    scaled = (logits if every_row else logits.index_select(0, index)).div_(temperatures[:, None])
     cdf = nucleus_weights(scaled, [rows[row].top_p for row in sampled]).cumsum_(dim=-1)
     draws = torch.stack([torch.rand((), generator=rows[row].generator, device=logits.device) for row in sampled])
     picks = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None]).squeeze(1)

@@ -64,7 +64,7 @@ def test_greedy_rows_take_the_argmax_and_sampled_rows_stay_in_their_nucleus():
     logits = torch.randn(4, VOCAB) * 3
     rows = [RowSampling(0.0, 1.0), RowSampling(0.7, 0.5), RowSampling(0.0, 0.9), RowSampling(1.0, 0.05)]
     for _ in range(5):
-        tokens = select_next_tokens(logits, rows)
+        tokens = select_next_tokens(logits.clone(), rows)
         assert tokens[0] == logits[0].argmax() and tokens[2] == logits[2].argmax()
         for row in (1, 3):
             probs = torch.softmax(logits[row] / rows[row].temperature, dim=-1)
@@ -77,7 +77,7 @@ def test_samples_follow_the_renormalised_nucleus():
     row = RowSampling(temperature=1.0, top_p=0.8, generator=generator)
     counts = torch.zeros(4)
     for _ in range(4000):
-        counts[select_next_tokens(logits, [row])[0]] += 1
+        counts[select_next_tokens(logits.clone(), [row])[0]] += 1
     # The nucleus of top_p 0.8 is {0.5, 0.3}: renormalised 0.625 / 0.375, nothing else.
     assert counts[2] == counts[3] == 0
     assert abs(counts[0] / 4000 - 0.625) < 0.03
@@ -88,6 +88,6 @@ def test_a_seeded_generator_makes_sampling_repeatable():
 
     def draw(seed):
         row = RowSampling(0.8, 0.9, torch.Generator().manual_seed(seed))
-        return [int(select_next_tokens(logits, [row])[0]) for _ in range(5)]
+        return [int(select_next_tokens(logits.clone(), [row])[0]) for _ in range(5)]
 
     assert draw(3) == draw(3)
