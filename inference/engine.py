@@ -245,12 +245,19 @@ class Engine:
         running: list[Job] = []
         state: DecodeBatch | None = None
         while not self._stop.is_set():
-            self._run_maintenance()
-            joining = self._take_new_jobs(busy=len(running))
-            if joining:
-                state, running = self._join(state, running, joining)
-            if running:
-                state, running = self._step(state, running)
+            try:
+                # Inference mode for the sampler too: it works in place on the model's logits.
+                with torch.inference_mode():
+                    self._run_maintenance()
+                    joining = self._take_new_jobs(busy=len(running))
+                    if joining:
+                        state, running = self._join(state, running, joining)
+                    if running:
+                        state, running = self._step(state, running)
+            except Exception:  # the worker must outlive any bug: fail what it holds, keep serving
+                logger.exception("the engine failed %d running requests", len(running))
+                self._fail(running, VLMError())
+                state, running = None, []
             self._running = len(running)
             self._publish_counts()
 

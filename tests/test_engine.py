@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from inference.engine import Engine, Job, collect_batch
-from inference.errors import ClientDisconnected, OutOfMemory, Overloaded, RequestTimeout
+from inference.errors import ClientDisconnected, OutOfMemory, Overloaded, RequestTimeout, VLMError
 from inference.sampling import RowSampling
 
 GREEDY = RowSampling(temperature=0.0, top_p=1.0)
@@ -250,3 +250,17 @@ def test_maintenance_runs_on_the_worker_between_model_steps(engine, rows, monkey
     seen = engine.run_between_batches(lambda: (threading.current_thread().name, in_forward.is_set()))
     assert seen == ("vlm-engine", False)
     assert running.result().output_tokens == 40
+
+
+def test_rows_that_all_sample_are_served(engine, rows):
+    jobs = [engine.submit(make_job(row, 6, RowSampling(temperature=0.7, top_p=0.9))) for row in rows]
+    assert [job.result().output_tokens for job in jobs] == [6, 6, 6, 6]
+
+
+def test_an_unexpected_error_fails_the_running_rows_and_the_worker_survives(engine, rows, monkeypatch):
+    original = engine.backend.decode_step
+    monkeypatch.setattr(engine.backend, "decode_step", lambda state: 1 / 0)
+    with pytest.raises(VLMError):
+        engine.submit(make_job(rows[0], 5)).result()
+    monkeypatch.setattr(engine.backend, "decode_step", original)
+    assert engine.submit(make_job(rows[0], 5)).result().output_tokens == 5
