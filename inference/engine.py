@@ -245,6 +245,7 @@ class Engine:
         running: list[Job] = []
         state: DecodeBatch | None = None
         while not self._stop.is_set():
+            joining: list[Job] = []
             try:
                 # Inference mode for the sampler too: it works in place on the model's logits.
                 with torch.inference_mode():
@@ -255,8 +256,8 @@ class Engine:
                     if running:
                         state, running = self._step(state, running)
             except Exception:  # the worker must outlive any bug: fail what it holds, keep serving
-                logger.exception("the engine failed %d running requests", len(running))
-                self._fail(running, VLMError())
+                logger.exception("the engine failed %d requests", len(running) + len(joining))
+                self._fail(running + joining, VLMError())
                 state, running = None, []
             self._running = len(running)
             self._publish_counts()

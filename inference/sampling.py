@@ -52,7 +52,7 @@ def _threshold_in_bucket(candidates: torch.Tensor, mass_above: float, target: fl
         buckets = _bucketize(candidates.log())
         if int(buckets.max()) == 0:
             break  # all candidates equal: the sort below settles it
-        masses = torch.zeros(_BUCKETS, dtype=torch.float64).scatter_add_(0, buckets, candidates.double())
+        masses = candidates.new_zeros(_BUCKETS, dtype=torch.float64).scatter_add_(0, buckets, candidates.double())
         reaching = torch.nonzero(masses.flip(0).cumsum(0).flip(0) + mass_above >= target)
         bucket = int(reaching[-1]) if reaching.numel() else 0
         mass_above += float(masses[bucket + 1 :].sum())
@@ -69,9 +69,9 @@ def nucleus_weights(scaled_logits: torch.Tensor, top_ps: Sequence[float]) -> tor
     mass reaches that row's top_p. Returns the same tensor."""
     buckets = _bucketize(scaled_logits)
     weights = scaled_logits.sub_(scaled_logits.amax(dim=-1, keepdim=True)).exp_()
-    masses = torch.zeros(weights.shape[0], _BUCKETS, dtype=weights.dtype).scatter_add_(1, buckets, weights)
+    masses = weights.new_zeros(weights.shape[0], _BUCKETS).scatter_add_(1, buckets, weights)
     at_or_above = masses.flip(1).cumsum(1).flip(1)
-    thresholds = torch.zeros(weights.shape[0], 1, dtype=weights.dtype)
+    thresholds = weights.new_zeros(weights.shape[0], 1)
     for row, top_p in enumerate(top_ps):
         if top_p >= 1.0:
             continue

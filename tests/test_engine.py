@@ -264,3 +264,15 @@ def test_an_unexpected_error_fails_the_running_rows_and_the_worker_survives(engi
         engine.submit(make_job(rows[0], 5)).result()
     monkeypatch.setattr(engine.backend, "decode_step", original)
     assert engine.submit(make_job(rows[0], 5)).result().output_tokens == 5
+
+
+def test_a_bug_while_rows_join_fails_them_instead_of_leaving_them_waiting(engine, rows, monkeypatch):
+    def broken_sampler(logits, sampling):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr("inference.engine.select_next_tokens", broken_sampler)
+    job = engine.submit(make_job(rows[0], 5, timeout=30))
+    with pytest.raises(VLMError):
+        job.future.result(timeout=10)
+    monkeypatch.undo()
+    assert engine.submit(make_job(rows[0], 5)).result().output_tokens == 5
