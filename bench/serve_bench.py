@@ -257,8 +257,23 @@ def write_results(path: Path, args, results: list[LoadResult], overhead: dict, r
         "",
     ]
     text = "\n".join(lines)
-    path.write_text(text)
+    _write_section(path, text)
     return text
+
+
+START, END = "<!-- serve_bench: start -->", "<!-- serve_bench: end -->"
+
+
+def _write_section(path: Path, text: str) -> None:
+    """Replace this benchmark's section of the results file, keeping what else it holds (GPU figures, notes)."""
+    section = f"{START}\n{text}\n{END}"
+    existing = path.read_text() if path.exists() else ""
+    if START in existing and END in existing:
+        before, rest = existing.split(START, 1)
+        after = rest.split(END, 1)[1]
+        path.write_text(before + section + after)
+    else:
+        path.write_text(section + "\n" + existing)
 
 
 def main() -> None:
