@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db import close_old_connections
 from django.utils import timezone
 
 from monitoring import metrics
@@ -74,6 +73,8 @@ def media_policy() -> media.MediaPolicy:
         allowed_domains=tuple(settings.VLM_ALLOWED_MEDIA_DOMAINS),
         max_image_bytes=settings.VLM_MAX_IMAGE_BYTES,
         max_video_bytes=settings.VLM_MAX_VIDEO_BYTES,
+        image_deadline_s=settings.VLM_IMAGE_FETCH_TIMEOUT_S,
+        video_deadline_s=settings.VLM_VIDEO_FETCH_TIMEOUT_S,
         max_image_pixels=settings.VLM_MAX_PIXELS,
         min_image_pixels=settings.VLM_MIN_PIXELS,
         video_fps=settings.VLM_VIDEO_FPS,
@@ -306,15 +307,19 @@ def request_finish(*, record: RequestRecord) -> None:
         logger.exception("could not write the request log row for %s", record.request_id)
 
 
+def _storable(text: str) -> str:
+    """Client text as a database keeps it: PostgreSQL refuses NUL in text, which would lose the row."""
+    return text.replace("\x00", "\ufffd")
+
+
 def request_log_record(*, record: RequestRecord) -> RequestLog:
     """Insert the row for one request."""
-    close_old_connections()
     result = record.result
     row = RequestLog(
         id=record.request_id,
         received_at=record.received_at,
         finished_at=timezone.now(),
-        endpoint=record.endpoint,
+        endpoint=_storable(record.endpoint),
         method=record.method,
         status_code=record.status_code,
         client_ip=record.client_ip,
@@ -324,12 +329,12 @@ def request_log_record(*, record: RequestRecord) -> RequestLog:
         temperature=record.temperature,
         top_p=record.top_p,
         num_messages=record.num_messages,
-        prompt_preview=record.prompt_preview,
+        prompt_preview=_storable(record.prompt_preview),
         num_images=record.num_images,
         num_videos=record.num_videos,
         media=record.media,
         error_reason=record.error_reason,
-        error_detail=record.error_detail[:4000],
+        error_detail=_storable(record.error_detail[:4000]),
     )
     if result is not None:
         timings = result.timings
