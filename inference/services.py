@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from monitoring import metrics
@@ -352,7 +353,14 @@ def request_log_record(*, record: RequestRecord) -> RequestLog:
         row.finish_reason = result.finish_reason
     else:
         row.total_ms = (time.monotonic() - record.received_monotonic) * 1000
-    row.save(force_insert=True)
+    try:
+        with transaction.atomic():
+            row.save(force_insert=True)
+    except IntegrityError:
+        # A client reused an X-Request-ID that is already on record: keep the request, under a new id.
+        logger.warning("request id %s is already on record; logging this request as a new id", row.id)
+        row.id = uuid.uuid4()
+        row.save(force_insert=True)
     return row
 
 

@@ -131,9 +131,6 @@ def test_the_log_is_read_only(admin_client):
     RequestLog.objects.get(id=row.id, status_code=200)
 
 
-# Transactional: services.request_log_record calls close_old_connections(), which on PostgreSQL
-# closes a connection that is inside the test's transaction.
-@pytest.mark.django_db(transaction=True)
 def test_the_detail_page_breaks_down_latency_and_lists_media_hashes(api, admin_client):
     raw = image_bytes((64, 48))
     response = api.post(

@@ -159,9 +159,6 @@ def chart_data(response) -> dict:
     return json.loads(match.group(1))
 
 
-# Transactional: services.request_log_record calls close_old_connections(), which on PostgreSQL
-# closes a connection that is inside the test's transaction.
-@pytest.mark.django_db(transaction=True)
 def test_the_page_charts_real_requests(api, client, staff):
     made = [
         api.post("/api/v1/generate", {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 3}),

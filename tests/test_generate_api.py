@@ -324,3 +324,11 @@ def test_past_the_deadline_is_504_and_the_engine_moves_on(api, settings):
     assert (row.status_code, row.error_reason) == (504, "timeout")
     settings.VLM_REQUEST_TIMEOUT_S = 60
     assert api.post(GENERATE, user("next")).status_code == 200
+
+
+def test_a_reused_client_request_id_still_gets_its_row(api):
+    request_id = "1d3c5e7a-9b2f-4c6d-8e0a-2b4d6f8a0c1e"
+    for _ in range(2):
+        assert api.post(GENERATE, user("hi"), **{"X-Request-ID": request_id}).status_code == 200
+    assert RequestLog.objects.count() == 2
+    assert RequestLog.objects.filter(id=request_id).exists()
