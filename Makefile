@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TINY_MODEL := models/tiny-qwen2.5-vl
 export DJANGO_SETTINGS_MODULE := vlmsite.settings
 
-.PHONY: demo run test bench lint format migrate tiny-model venv clean prometheus-tools browser test-postgres
+.PHONY: demo run test bench lint format migrate tiny-model venv clean prometheus-tools browser test-postgres fuzz loadtest
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -32,10 +32,12 @@ tiny-model: venv .env
 	$(BIN)/python manage.py build_tiny_model $(TINY_MODEL)
 
 # Serve the tiny model with gunicorn on :8000 (HOST/PORT override). The demo lets media URLs reach
-# private addresses (an image server on localhost, say) so the spec's examples work locally; `make run`
-# keeps the safe default.
+# private addresses (an image server on localhost, say) so the spec's examples work locally, and sends
+# its admin cookies without the Secure flag, for sign-in over plain http from other machines; `make run`
+# keeps the safe defaults.
 demo: migrate tiny-model
 	VLM_MODEL=$(abspath $(TINY_MODEL)) VLM_ALLOW_PRIVATE_MEDIA_URLS=$${VLM_ALLOW_PRIVATE_MEDIA_URLS:-true} \
+		SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} CSRF_COOKIE_SECURE=$${CSRF_COOKIE_SECURE:-false} \
 		$(BIN)/gunicorn -c gunicorn.conf.py vlmsite.wsgi
 
 # Serve VLM_MODEL (default Qwen/Qwen2.5-VL-7B-Instruct) with gunicorn.
@@ -45,6 +47,16 @@ run: migrate
 # The serving benchmark: batching on and off under 16 concurrent clients; writes bench/RESULTS.md.
 bench: venv .env tiny-model
 	$(BIN)/python bench/serve_bench.py
+
+# The schemathesis fuzz of `make test` (tests/test_fuzz.py), with 1000 examples per operation and mode
+# instead of 50 (VLM_FUZZ_EXAMPLES sets another number), and no per-test time limit.
+fuzz: venv .env tiny-model
+	VLM_FUZZ_EXAMPLES=$${VLM_FUZZ_EXAMPLES:-1000} $(BIN)/pytest --timeout 0 tests/test_fuzz.py
+
+# 16 clients for 60 s of mixed traffic (answers, refusals, hostile input) against gunicorn: fails on any
+# unexpected 5xx or a request-log row count that differs from the requests sent (bench/loadtest.py).
+loadtest: venv .env tiny-model
+	$(BIN)/python bench/loadtest.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -219,7 +219,7 @@ def main() -> int:
         keys = {
             "client": create_api_key(server, "load client"),
             "admin": create_api_key(server, "load admin", admin=True),
-            "limited": create_api_key(server, "load limited", rate_limit="30/min"),
+            "limited": create_api_key(server, "load limited", rate_limit="10/min"),
             "wrong": "wrongpfx.wrongsecretwrongsecretwrongsecret",
         }
         print(f"{args.clients} clients for {args.seconds:g} s against {server.base} (cache: {cache or 'local memory'})")

@@ -43,6 +43,10 @@ from inference.errors import MediaError
 logger = logging.getLogger(__name__)
 
 QWEN_FACTOR = 28  # vision patch 14 × spatial merge 2: every side the model sees is a multiple of this
+# Decodes at once, per process. Decoding is CPU work, so more at once than cores only adds memory: one
+# image of the 64-megapixel decode limit is 192 MB of RGB before it is scaled down, and dozens of request
+# threads decoding such images together could exhaust the host's memory. Fetching is not limited.
+DECODE_SLOTS = threading.BoundedSemaphore(max(2, os.cpu_count() or 1))
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -125,11 +129,12 @@ def load_image(
     started = time.monotonic()
     raw, source_kind = _read_source(source, policy, kind)
     fetch_seconds = time.monotonic() - started
-    image = _decode_image(raw, policy)
     high = _clamp(max_pixels, policy.min_image_pixels, policy.max_image_pixels, policy.max_image_pixels)
     low = _clamp(min_pixels, policy.min_image_pixels, high, policy.min_image_pixels)
-    size = _qwen_size(image.width, image.height, int(low), int(high))
-    resized = image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+    with DECODE_SLOTS:  # the full-size pixels exist only inside
+        image = _decode_image(raw, policy)
+        size = _qwen_size(image.width, image.height, int(low), int(high))
+        resized = image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
     return LoadedImage(resized, hashlib.sha256(raw).hexdigest(), source_kind, image.size, fetch_seconds)
 
 
@@ -151,7 +156,8 @@ def load_video(
     raw, source_kind = _read_source(source, policy, kind)
     fetch_seconds = time.monotonic() - started
     try:
-        frames, sample_fps, original_size, duration_s = _decode_video(raw, policy, fps, nframes, max_pixels)
+        with DECODE_SLOTS:
+            frames, sample_fps, original_size, duration_s = _decode_video(raw, policy, fps, nframes, max_pixels)
     except (av.FFmpegError, OSError, ValueError, IndexError, EOFError) as error:
         logger.info("video decoding failed: %r", error)
         raise MediaError("could not decode the video", media_reason="decode") from None

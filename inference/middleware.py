@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 
+from django.conf import settings
+from django.core.handlers.wsgi import LimitedStream
 from django.http import JsonResponse
 from django.utils import timezone
 
@@ -49,7 +52,10 @@ class RequestLogMiddleware:
             # The view returned before the answer was generated: the row waits for the stream's end.
             response.streaming_content = _RowWrittenWhenClosed(response.streaming_content, record)
         else:
-            request_finish(record=record)
+            # Written when the server closes the response, i.e. once the client has it: the database
+            # write stays off the client's latency (and out of the way of the next batch forming).
+            # Django runs these closers on close(); WSGI servers and the test client always call it.
+            response._resource_closers.append(lambda: request_finish(record=record))
         return response
 
 
@@ -74,19 +80,54 @@ class _RowWrittenWhenClosed:
 
 
 class BodySizeLimitMiddleware:
-    """413 before the body is read or parsed, from Content-Length (DRF parsers alone would read it)."""
+    """413 for a body over VLM_MAX_BODY_BYTES, before anything parses it (DRF's parsers would read it all).
+
+    With a Content-Length, nothing is read. A chunked body has none: it is read here, counting, and refused
+    as soon as the count passes the limit; under the limit it is handed on as if it had come with a
+    Content-Length (Django reads no body without one). Only where the server de-chunks and ends the stream
+    with the body (gunicorn: `wsgi.input_terminated`); elsewhere reading could wait for the next request.
+    """
+
+    READ_SIZE = 64 * 1024
 
     def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request):
-        from django.conf import settings
-
-        length = request.META.get("CONTENT_LENGTH")
-        if length and length.isdigit() and int(length) > settings.VLM_MAX_BODY_BYTES:
-            record = getattr(request, "vlm_record", None)
-            detail = f"request body is larger than {settings.VLM_MAX_BODY_BYTES} bytes"
-            if record is not None:
-                record.error_reason, record.error_detail = "too_large", detail
-            return JsonResponse({"detail": detail}, status=413)
+        limit = settings.VLM_MAX_BODY_BYTES
+        declared = request.META.get("CONTENT_LENGTH")
+        if declared:
+            if declared.isdigit() and int(declared) > limit:
+                return _body_too_large(request, limit)
+        elif _is_chunked(request):
+            body = self._read_at_most(request.environ["wsgi.input"], limit)
+            if body is None:
+                return _body_too_large(request, limit)
+            # Django keeps the body's stream in a private attribute, set up from CONTENT_LENGTH before any
+            # middleware runs: replaced by the bytes read, with the length they turned out to have.
+            request._stream = LimitedStream(io.BytesIO(body), len(body))
+            request.META["CONTENT_LENGTH"] = str(len(body))
         return self.get_response(request)
+
+    def _read_at_most(self, stream, limit: int) -> bytes | None:
+        """The whole body, or None as soon as it is longer than `limit` (the rest is never read)."""
+        chunks, size = [], 0
+        while chunk := stream.read(self.READ_SIZE):
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _is_chunked(request) -> bool:
+    encoding = request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+    return "chunked" in encoding and bool(request.environ.get("wsgi.input_terminated"))
+
+
+def _body_too_large(request, limit: int) -> JsonResponse:
+    detail = f"request body is larger than {limit} bytes"
+    record = getattr(request, "vlm_record", None)
+    if record is not None:
+        record.error_reason, record.error_detail = "too_large", detail
+    return JsonResponse({"detail": detail}, status=413)

@@ -21,28 +21,38 @@ class FiniteFloatField(serializers.FloatField):
         return value
 
 
-class ContentItemSerializer(serializers.Serializer):
-    """One item of a message's content array: text, image or video, plus optional decode hints."""
+class TextItemSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["text"])
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False)
 
-    type = serializers.ChoiceField(choices=CONTENT_TYPES)
-    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    image = serializers.CharField(required=False, trim_whitespace=False)
-    video = serializers.CharField(required=False, trim_whitespace=False)
+
+class ImageItemSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["image"])
+    image = serializers.CharField(trim_whitespace=False, help_text="An http(s) URL, a data URI or a file path.")
     # Decode hints, as qwen-vl-utils accepts them; the media loader clamps them to the server's caps.
     min_pixels = serializers.IntegerField(required=False, min_value=1)
     max_pixels = serializers.IntegerField(required=False, min_value=1)
+
+
+class VideoItemSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["video"])
+    video = serializers.CharField(trim_whitespace=False, help_text="An http(s) URL, a data URI or a file path.")
     fps = FiniteFloatField(required=False, min_value=0.01)
     nframes = serializers.IntegerField(required=False, min_value=2)
+    max_pixels = serializers.IntegerField(required=False, min_value=1)
 
-    def validate(self, attrs):
-        kind = attrs["type"]
-        if kind not in attrs:
-            raise serializers.ValidationError({kind: f"a '{kind}' item needs a '{kind}' field"})
-        return attrs
+
+CONTENT_ITEM_SERIALIZERS = {"text": TextItemSerializer, "image": ImageItemSerializer, "video": VideoItemSerializer}
+
+
+class _ContentTypeSerializer(serializers.Serializer):
+    """Only an item's `type`, checked first to choose the item's serializer."""
+
+    type = serializers.ChoiceField(choices=CONTENT_TYPES)
 
 
 class ContentField(serializers.Field):
-    """A message's content: a plain string, or an array of content items."""
+    """A message's content: a plain string, or an array of text, image and video items."""
 
     default_error_messages = {
         "invalid": "must be a string or an array of content items",
@@ -56,9 +66,17 @@ class ContentField(serializers.Field):
             self.fail("invalid")
         if not data:
             self.fail("empty")
-        items = ContentItemSerializer(data=data, many=True)
-        items.is_valid(raise_exception=True)
-        return items.validated_data
+        items, errors = [], []
+        for item in data:
+            serializer = _ContentTypeSerializer(data=item)
+            if serializer.is_valid():
+                serializer = CONTENT_ITEM_SERIALIZERS[serializer.validated_data["type"]](data=item)
+            if serializer.is_valid():
+                items.append(serializer.validated_data)
+            errors.append(serializer.errors)
+        if any(errors):
+            raise serializers.ValidationError(errors)
+        return items
 
     def to_representation(self, value):
         return value
@@ -69,19 +87,51 @@ class MessageSerializer(serializers.Serializer):
     content = ContentField()
 
 
+def content_item_count(messages: object) -> int:
+    """Content items over all messages of a request not yet validated (anything malformed counts 0)."""
+    if not isinstance(messages, list):
+        return 0
+    contents = (message.get("content") for message in messages if isinstance(message, dict))
+    return sum(len(content) for content in contents if isinstance(content, list))
+
+
+def prompt_chars(messages: list[dict]) -> int:
+    """Characters of text over all validated messages."""
+    total = 0
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            total += len(content)
+        else:
+            total += sum(len(item["text"]) for item in content if item["type"] == "text")
+    return total
+
+
 class GenerateRequestSerializer(serializers.Serializer):
-    messages = MessageSerializer(many=True, allow_empty=False)
-    max_new_tokens = serializers.IntegerField(required=False, min_value=1)
+    """The spec's request. The shape limits are checked before any item is validated, media before any is fetched."""
+
     temperature = FiniteFloatField(required=False, min_value=0.0, max_value=2.0)
     top_p = FiniteFloatField(required=False, min_value=0.0, max_value=1.0)
     # true: Server-Sent Events, one per text delta, then the usual body as the final event (README).
     stream = serializers.BooleanField(required=False, default=False)
 
-    def validate_max_new_tokens(self, value: int) -> int:
-        limit = settings.VLM_MAX_NEW_TOKENS_LIMIT
-        if value > limit:
-            raise serializers.ValidationError(f"must be at most {limit}")
-        return value
+    def get_fields(self) -> dict:
+        # Bounds from settings, read at each use (tests override them); the OpenAPI schema shows them too.
+        return {
+            "messages": MessageSerializer(many=True, allow_empty=False, max_length=settings.VLM_MAX_MESSAGES),
+            "max_new_tokens": serializers.IntegerField(
+                required=False, min_value=1, max_value=settings.VLM_MAX_NEW_TOKENS_LIMIT
+            ),
+            **super().get_fields(),
+        }
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            count, limit = content_item_count(data.get("messages")), settings.VLM_MAX_CONTENT_ITEMS
+            if count > limit:
+                message = f"at most {limit} content items per request, got {count}"
+                raise serializers.ValidationError({"messages": [message]})
+        return super().to_internal_value(data)
 
     def validate_top_p(self, value: float) -> float:
         if value <= 0.0:
@@ -91,6 +141,9 @@ class GenerateRequestSerializer(serializers.Serializer):
     def validate_messages(self, messages: list[dict]) -> list[dict]:
         if messages[-1]["role"] == "assistant":
             raise serializers.ValidationError("the last message must not be from the assistant")
+        chars, limit = prompt_chars(messages), settings.VLM_MAX_PROMPT_CHARS
+        if chars > limit:
+            raise serializers.ValidationError(f"at most {limit} characters of text per request, got {chars}")
         return messages
 
     def validated_params(self) -> dict:
@@ -112,9 +165,38 @@ class UsageSerializer(serializers.Serializer):
 class GenerateResponseSerializer(serializers.Serializer):
     """The spec's response, plus request_id, finish_reason and the latency breakdown."""
 
-    response = serializers.CharField()
+    response = serializers.CharField(allow_blank=True)
     usage = UsageSerializer()
     processing_time = serializers.FloatField()
-    request_id = serializers.CharField()
-    finish_reason = serializers.CharField()
+    request_id = serializers.UUIDField()
+    finish_reason = serializers.ChoiceField(choices=["stop", "length"])
     timings = serializers.DictField(child=serializers.FloatField())
+
+
+class HealthResponseSerializer(serializers.Serializer):
+    """200 when healthy, 503 while loading or after loading failed (`error` says why)."""
+
+    status = serializers.ChoiceField(choices=["loading", "healthy", "error"])
+    model_loaded = serializers.BooleanField()
+    device = serializers.CharField()
+    model = serializers.CharField()
+    error = serializers.CharField(required=False)
+
+
+class MemorySerializer(serializers.Serializer):
+    """The spec's VRAM figures; on a CPU, host memory under the same keys."""
+
+    allocated_gb = serializers.FloatField()
+    reserved_gb = serializers.FloatField()
+    free_gb = serializers.FloatField()
+    total_gb = serializers.FloatField()
+    usage_percentage = serializers.FloatField()
+    device = serializers.CharField()
+
+
+class ClearVramResponseSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["cleared"])
+    before = MemorySerializer()
+    after = MemorySerializer()
+    freed_gb = serializers.FloatField()
+    request_id = serializers.UUIDField()

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from django.http import StreamingHttpResponse
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
 
 from .engine import GenerationResult, Job
 from .errors import ClientDisconnected, RequestTimeout, VLMError
@@ -207,6 +209,7 @@ class SseEvents:
     def close(self) -> None:
         self._events.close()
         if not self._finished:
+            self._finished = True
             self._job.cancel()
             record_failure(self._record, ClientDisconnected())
 
@@ -224,3 +227,14 @@ def sse_response(events: SseEvents) -> StreamingHttpResponse:
     # nginx buffers proxied responses unless told otherwise; events must reach the client as they come.
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+class EventStreamNegotiation(DefaultContentNegotiation):
+    """For views that may stream: a client that accepts only `text/event-stream` (as SSE clients say)
+    still gets JSON for everything that is not the stream itself, errors included, instead of 406."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type

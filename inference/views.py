@@ -5,25 +5,37 @@ from __future__ import annotations
 import uuid
 
 from django.http import StreamingHttpResponse
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import services
+from .auth import AdminKeyOrStaff
 from .disconnect import client_gone_check
 from .engine import GenerationResult
 from .errors import VLMError
 from .runtime import runtime
-from .serializers import GenerateRequestSerializer
-from .streaming import SseEvents, sse_event, sse_response
+from .schema import SseEventSerializer, error_responses
+from .serializers import (
+    ClearVramResponseSerializer,
+    GenerateRequestSerializer,
+    GenerateResponseSerializer,
+    HealthResponseSerializer,
+    MemorySerializer,
+)
+from .streaming import EventStreamNegotiation, SseEvents, sse_event, sse_response
 
 
 class HealthApi(APIView):
     """200 when the model serves; 503 while it loads or after loading failed (body says which)."""
 
+    # Open to all and never throttled: load balancers and orchestrators probe it.
     authentication_classes: list = []
     permission_classes: list = []
+    throttle_classes: list = []
 
+    @extend_schema(responses={200: HealthResponseSerializer, 503: HealthResponseSerializer})
     def get(self, request: Request) -> Response:
         state = runtime.state if runtime.state != "idle" else "loading"
         body = {
@@ -38,6 +50,7 @@ class HealthApi(APIView):
 
 
 class VramStatusApi(APIView):
+    @extend_schema(responses={200: MemorySerializer, **error_responses(401, 403, 429)})
     def get(self, request: Request) -> Response:
         return Response(services.vram_status().as_dict())
 
@@ -45,6 +58,16 @@ class VramStatusApi(APIView):
 class GenerateApi(APIView):
     """The spec's generation; with `"stream": true`, Server-Sent Events (see `_GenerateEvents`)."""
 
+    content_negotiation_class = EventStreamNegotiation
+
+    @extend_schema(
+        request=GenerateRequestSerializer,
+        responses={
+            (200, "application/json"): GenerateResponseSerializer,
+            (200, "text/event-stream"): SseEventSerializer,
+            **error_responses(400, 401, 403, 413, 429, 503, 504),
+        },
+    )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         serializer = GenerateRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -110,6 +133,13 @@ class _GenerateEvents:
 
 
 class ClearVramApi(APIView):
+    """Needs an admin key or a staff session, whatever VLM_REQUIRE_API_KEY says: it stalls every client."""
+
+    permission_classes = [AdminKeyOrStaff]
+
+    @extend_schema(
+        request=None, responses={200: ClearVramResponseSerializer, **error_responses(401, 403, 413, 429, 503, 504)}
+    )
     def post(self, request: Request) -> Response:
         body = services.vram_clear(trigger="manual")
         body["request_id"] = str(request.vlm_record.request_id)

@@ -45,7 +45,7 @@ MODEL = ("model_name",)
 FINISHED_REASONS = ("stop", "length")
 FAILURE_REASONS = (
     "validation", "media", "overloaded", "timeout", "oom", "internal", "unauthorized", "throttled",
-    "not_loaded", "cancelled", "too_large", "not_found",
+    "not_loaded", "cancelled", "too_large", "not_found", "model_not_found",
 )  # fmt: skip
 MEDIA_REJECT_REASONS = (
     "scheme", "address", "domain", "path", "too_large", "timeout", "fetch", "decode", "too_many", "dimensions",

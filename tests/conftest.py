@@ -46,6 +46,14 @@ def api(client, loaded_model, db):
 
 
 @pytest.fixture
+def admin_key(db) -> str:
+    """A new admin API key (POST /clear_vram needs one), to send as `Authorization: Bearer <key>`."""
+    from apikeys.models import APIKey
+
+    return APIKey.objects.create_key(name="test admin", is_admin=True)[1]
+
+
+@pytest.fixture
 def metrics_delta(loaded_model):
     """`track(name, **labels)` returns a function giving how much that sample moved since the call.
     `model_name` is filled in unless given (pass model_name=None for metrics without it)."""

@@ -9,7 +9,9 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
@@ -547,3 +549,25 @@ def test_policy_validates_itself():
         MediaPolicy(max_video_frames=1)
     with pytest.raises(ValueError):
         MediaPolicy(max_image_pixels=100, min_image_pixels=4 * 28 * 28)
+
+
+def test_decoding_runs_at_most_as_many_at_once_as_there_are_slots(monkeypatch):
+    """16 threads loading images: never more decodes at once than DECODE_SLOTS, so peak memory stays bounded."""
+    monkeypatch.setattr(media, "DECODE_SLOTS", threading.BoundedSemaphore(3))
+    real_decode, running, peak, lock = media._decode_image, [0], [0], threading.Lock()
+
+    def slow_decode(raw, policy):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real_decode(raw, policy)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(media, "_decode_image", slow_decode)
+    with ThreadPoolExecutor(16) as pool:
+        loaded = list(pool.map(lambda _: load_image(data_uri(PNG), SAFE), range(16)))
+    assert len(loaded) == 16 and peak[0] == 3

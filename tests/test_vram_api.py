@@ -22,9 +22,9 @@ def test_vram_status_describes_host_memory_on_a_cpu(api):
     assert abs(body["usage_percentage"] - 100 * body["reserved_gb"] / body["total_gb"]) < 0.2
 
 
-def test_clear_vram_reports_memory_before_and_after(api, metrics_delta):
+def test_clear_vram_reports_memory_before_and_after(api, metrics_delta, admin_key):
     delta = metrics_delta("vlm_vram_clears_total", trigger="manual")
-    response = api.post("/clear_vram", {})
+    response = api.post("/clear_vram", {}, Authorization=f"Bearer {admin_key}")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "cleared"
@@ -36,11 +36,11 @@ def test_clear_vram_reports_memory_before_and_after(api, metrics_delta):
     assert response.headers["X-Request-ID"] == body["request_id"]
 
 
-def test_clear_vram_while_the_model_is_not_loaded_is_503(api, monkeypatch):
+def test_clear_vram_while_the_model_is_not_loaded_is_503(api, monkeypatch, admin_key):
     from inference.runtime import runtime
 
     monkeypatch.setattr(runtime, "state", "loading")
-    response = api.post("/clear_vram", {})
+    response = api.post("/clear_vram", {}, Authorization=f"Bearer {admin_key}")
     assert response.status_code == 503
     assert response.json() == {"detail": "Model is not loaded (state: loading)."}
     assert RequestLog.objects.get().status_code == 503

@@ -24,6 +24,23 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# HTTPS (`manage.py check --deploy` is clean with the production environment in README.md). The defaults are
+# the production ones wherever they cannot break plain http: the HSTS header is only ever sent on HTTPS
+# responses, and browsers keep Secure cookies on http://localhost. `make demo` turns the two cookie flags
+# off, for admin sign-in from other machines over plain http. SECURE_SSL_REDIRECT stays opt-in: behind a
+# TLS proxy that does not set SECURE_PROXY_SSL_HEADER, Django would redirect every request forever.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# e.g. `HTTP_X_FORWARDED_PROTO,https`, only behind a proxy that always sets (or strips) that header.
+SECURE_PROXY_SSL_HEADER = tuple(env.list("SECURE_PROXY_SSL_HEADER", default=[])) or None
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+# W021 asks for HSTS preloading, which is the domain owner's decision at hstspreload.org (and binds every
+# subdomain of the domain for months), not a server default.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
 # gunicorn.conf.py reads these two; they live here so every setting has one place.
 HOST = env.str("HOST", default="0.0.0.0")
 PORT = env.int("PORT", default=8000)
@@ -37,6 +54,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_prometheus",
     "rest_framework",
+    "rest_framework_api_key",  # its abstract key model (its own table stays empty); before apikeys
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served locally (no CDN)
+    "apikeys",
     "inference",
     "monitoring",
 ]
@@ -108,13 +129,41 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # from the repository: the dashboard's Chart.js is served from node_modules as static/vendor/chart.js/.
 STATICFILES_DIRS = [("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist")]
 
+# --- access: API keys and rate limits (inference/auth.py, inference/throttles.py) ----------------
+# Off by default so the spec's examples work as written; README recommends true.
+VLM_REQUIRE_API_KEY = env.bool("VLM_REQUIRE_API_KEY", default=False)
+# Per API key (a key's own rate in the admin wins) and per staff user, e.g. 60/min; empty: no limit.
+VLM_RATE_LIMIT = env.str("VLM_RATE_LIMIT", default="")
+# Per client address, for requests without a key; empty: no limit.
+VLM_ANON_RATE_LIMIT = env.str("VLM_ANON_RATE_LIMIT", default="")
+# Reverse proxies in front of the server that append to X-Forwarded-For; 0 trusts no such header, so a
+# client cannot pick the address its anonymous rate limit is counted under.
+VLM_NUM_PROXIES = env.int("VLM_NUM_PROXIES", default=0)
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_PARSER_CLASSES": ["inference.parsers.StrictJSONParser"],
+    # Defaults, so that every API view (new ones included) is covered; /health opts out explicitly.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "inference.auth.APIKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["inference.auth.APIKeyRequiredWhenConfigured"],
+    "DEFAULT_THROTTLE_CLASSES": ["inference.throttles.ClientRateThrottle"],
+    "NUM_PROXIES": VLM_NUM_PROXIES,
     "EXCEPTION_HANDLER": "inference.exception_handler.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Qwen2.5-VL server",
+    "DESCRIPTION": 'Qwen2.5-VL over REST. Errors are `{"detail": ...}`; every request is in the request log.',
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "PREPROCESSING_HOOKS": ["inference.schema.api_endpoints_only"],
 }
 
 # --- the model ---------------------------------------------------------------------------------
@@ -148,11 +197,20 @@ VLM_MAX_VIDEO_FRAMES = env.int("VLM_MAX_VIDEO_FRAMES", default=64)
 VLM_MAX_VIDEO_SECONDS = env.float("VLM_MAX_VIDEO_SECONDS", default=600.0)
 VLM_MAX_IMAGES_PER_REQUEST = env.int("VLM_MAX_IMAGES_PER_REQUEST", default=8)
 VLM_MAX_VIDEOS_PER_REQUEST = env.int("VLM_MAX_VIDEOS_PER_REQUEST", default=2)
+# Total wall clock of one media fetch (DNS, connect, every redirect, the whole body), not a per-read timeout.
+VLM_IMAGE_FETCH_TIMEOUT_S = env.float("VLM_IMAGE_FETCH_TIMEOUT_S", default=10.0)
+VLM_VIDEO_FETCH_TIMEOUT_S = env.float("VLM_VIDEO_FETCH_TIMEOUT_S", default=30.0)
 
 # --- requests and the request log --------------------------------------------------------------
 VLM_MAX_BODY_BYTES = env.int("VLM_MAX_BODY_BYTES", default=50 * 1024 * 1024)
 # Django's own cap on bodies read into memory follows ours, so neither refuses first by surprise.
 DATA_UPLOAD_MAX_MEMORY_SIZE = VLM_MAX_BODY_BYTES
+# Shape limits checked before any content is validated, tokenized or fetched: a 50 MB body of a million
+# tiny items takes DRF about 15 s to validate, and 10 MB of text takes the tokenizer 8 s. A million
+# characters (about 250k tokens) is more than a 128k context holds, so no prompt that fits is refused.
+VLM_MAX_MESSAGES = env.int("VLM_MAX_MESSAGES", default=1000)
+VLM_MAX_CONTENT_ITEMS = env.int("VLM_MAX_CONTENT_ITEMS", default=1000)
+VLM_MAX_PROMPT_CHARS = env.int("VLM_MAX_PROMPT_CHARS", default=1_000_000)
 VLM_LOG_PROMPTS = env.bool("VLM_LOG_PROMPTS", default=True)
 # The playground page at / (it calls the API with the key a person types in, so it grants nothing).
 VLM_PLAYGROUND = env.bool("VLM_PLAYGROUND", default=True)
