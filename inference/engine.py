@@ -231,6 +231,12 @@ class Engine:
         self._worker = threading.Thread(target=self._work, name="vlm-engine", daemon=True)
         self._worker.start()
 
+    @property
+    def is_alive(self) -> bool:
+        """Whether the worker thread runs (it outlives any error in a batch; only a stop or a crash of the
+        thread itself, say a MemoryError outside a batch, ends it)."""
+        return self._worker is not None and self._worker.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         if self._worker:

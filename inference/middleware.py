@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 import uuid
 
@@ -48,6 +49,8 @@ class RequestLogMiddleware:
         if response.status_code == 404 and not record.error_reason:
             record.error_reason, record.error_detail = "not_found", "no such endpoint"
         response["X-Request-ID"] = str(record.request_id)
+        if response.status_code >= 400 and not response.streaming:
+            _name_request_in_error_body(response, record.request_id)
         if response.streaming:
             # The view returned before the answer was generated: the row waits for the stream's end.
             response.streaming_content = _RowWrittenWhenClosed(response.streaming_content, record)
@@ -57,6 +60,24 @@ class RequestLogMiddleware:
             # Django runs these closers on close(); WSGI servers and the test client always call it.
             response._resource_closers.append(lambda: request_finish(record=record))
         return response
+
+
+def _name_request_in_error_body(response, request_id: uuid.UUID) -> None:
+    """Add `request_id` to a JSON error body, as success bodies have it: a client quoting it finds the row.
+
+    Done here, once, for every source of errors (the DRF exception handler, the body-size limit, Django's
+    404 and 500 handlers, the OpenAI-shaped errors), after the body is rendered."""
+    if response.get("Content-Type", "").split(";")[0].strip() != "application/json":
+        return
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return
+    if isinstance(body, dict) and "request_id" not in body:
+        body["request_id"] = str(request_id)
+        response.content = json.dumps(body).encode()
+        if response.has_header("Content-Length"):
+            response["Content-Length"] = str(len(response.content))
 
 
 class _RowWrittenWhenClosed:

@@ -7,6 +7,7 @@ Loaded once per process, in a background thread started from `InferenceConfig.re
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 from django.conf import settings
@@ -78,9 +79,17 @@ class ModelRuntime:
         self.state = "healthy"
         metrics.observe_model_loaded(self.model_name, engine)
 
+    def status(self) -> tuple[str, str]:
+        """The state and error that /health reports: a loaded model whose engine thread has stopped cannot
+        serve, so it is an error too (requests would otherwise wait for their deadline)."""
+        if self.state == "healthy" and self.engine is not None and not self.engine.is_alive:
+            return "error", "The engine's worker thread stopped; restart the server (the server log says why)."
+        return self.state, self.error
+
     def engine_or_raise(self) -> Engine:
-        if self.state != "healthy" or self.engine is None:
-            detail = f"Model is not loaded (state: {self.state})."
+        state, _ = self.status()
+        if state != "healthy" or self.engine is None:
+            detail = f"Model is not loaded (state: {state})."
             raise ModelNotReady(detail)
         return self.engine
 
@@ -92,8 +101,13 @@ class ModelRuntime:
         self.state, self.error = "idle", ""
 
 
+# An absolute path in an error message (not the path part of a URL): /health is open to anyone, and must
+# not show how the server's disk is laid out. The server log keeps the whole message.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"`,;()\[\]]+")
+
+
 def _explain_load_failure(error: Exception) -> str:
-    text = f"{type(error).__name__}: {error}"
+    text = _ABSOLUTE_PATH.sub("<path>", f"{type(error).__name__}: {error}")
     if isinstance(error, OSError) and "/" in settings.VLM_MODEL and not settings.VLM_MODEL.startswith("/"):
         text += (
             " (not in the local Hugging Face cache and the hub unreachable? "

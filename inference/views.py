@@ -37,7 +37,8 @@ class HealthApi(APIView):
 
     @extend_schema(responses={200: HealthResponseSerializer, 503: HealthResponseSerializer})
     def get(self, request: Request) -> Response:
-        state = runtime.state if runtime.state != "idle" else "loading"
+        state, error = runtime.status()
+        state = state if state != "idle" else "loading"
         body = {
             "status": state,
             "model_loaded": state == "healthy",
@@ -45,7 +46,7 @@ class HealthApi(APIView):
             "model": runtime.model_name,
         }
         if state == "error":
-            body["error"] = runtime.error
+            body["error"] = error
         return Response(body, status=200 if state == "healthy" else 503)
 
 

@@ -26,6 +26,8 @@ class AnyAccept(BaseContentNegotiation):
 class MetricsApi(APIView):
     authentication_classes = [MetricsBearerToken]
     permission_classes = [MetricsScrapeAllowed]
+    # Never throttled: a scraper behind the anonymous rate limit would lose samples and fire alerts.
+    throttle_classes: list = []
     content_negotiation_class = AnyAccept
 
     def get(self, request: Request) -> HttpResponse:

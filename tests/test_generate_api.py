@@ -204,8 +204,9 @@ def test_invalid_input_is_400_saying_what_and_where(api, body, where):
     response = api.post(GENERATE, body)
     assert response.status_code == 400
     assert response.json()["detail"].startswith(where), response.json()
-    assert set(response.json()) == {"detail"}
+    assert set(response.json()) == {"detail", "request_id"}
     row = RequestLog.objects.get()
+    assert response.json()["request_id"] == response["X-Request-ID"] == str(row.id)
     assert (row.status_code, row.error_reason) == (400, "validation")
 
 
@@ -248,7 +249,7 @@ def test_503_while_the_model_is_not_loaded(api, monkeypatch):
     monkeypatch.setattr(runtime, "state", "loading")
     response = api.post(GENERATE, user("hi"))
     assert response.status_code == 503
-    assert response.json() == {"detail": "Model is not loaded (state: loading)."}
+    assert response.json() == {"detail": "Model is not loaded (state: loading).", "request_id": response["X-Request-ID"]}
     assert RequestLog.objects.get().status_code == 503
 
 
@@ -261,7 +262,7 @@ def test_500_hides_the_internals_and_the_server_keeps_serving(api, monkeypatch, 
     monkeypatch.setattr(runtime.backend, "prepare", broken_prepare)
     response = api.post(GENERATE, user("hi"))
     assert response.status_code == 500
-    assert response.json() == {"detail": "Internal server error."}
+    assert response.json() == {"detail": "Internal server error.", "request_id": response["X-Request-ID"]}
     row = RequestLog.objects.get()
     assert row.status_code == 500 and "secret internal state" in row.error_detail
     assert failures() == 1
@@ -283,13 +284,13 @@ def test_oversized_body_is_413(api, settings, client):
     )
     assert response.status_code == 413
     assert "larger than 1000 bytes" in response.json()["detail"]
-    assert RequestLog.objects.get().status_code == 413
+    assert response.json()["request_id"] == str(RequestLog.objects.get(status_code=413).id)
 
 
 def test_unknown_api_path_is_a_json_404_on_record(api):
     response = api.post("/api/v1/nope", {})
     assert response.status_code == 404
-    assert response.json() == {"detail": "Not found."}
+    assert response.json() == {"detail": "Not found.", "request_id": response["X-Request-ID"]}
     assert RequestLog.objects.get().status_code == 404
 
 

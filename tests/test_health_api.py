@@ -47,3 +47,34 @@ def test_health_is_not_in_the_request_log(api):
 
     api.get("/health")
     assert RequestLog.objects.count() == 0
+
+
+def test_a_real_load_failure_gives_its_reason_without_the_servers_paths(client, settings, tmp_path, monkeypatch):
+    """/health is open to anyone: the reason is there, the server's file layout is not (the log has it)."""
+    from inference.runtime import ModelRuntime
+
+    folder = tmp_path / "weights-here"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    settings.VLM_MODEL = str(folder)
+    failed = ModelRuntime()
+    failed.load()
+    assert failed.state == "error"
+    monkeypatch.setattr("inference.views.runtime", failed)
+    body = client.get("/health").json()
+    assert body["status"] == "error" and body["error"]
+    assert str(tmp_path) not in body["error"] and "weights-here" not in body["error"], body
+    assert body["error"].split(":")[0].isidentifier()  # the exception's name leads the reason
+
+
+def test_an_engine_whose_worker_stopped_is_an_error_and_refuses_requests(api, monkeypatch):
+    from inference.engine import Engine
+
+    monkeypatch.setattr(Engine, "is_alive", property(lambda engine: False))
+    health = api.get("/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "error" and "worker thread stopped" in health.json()["error"]
+    refused = api.post("/api/v1/generate", {"messages": [{"role": "user", "content": "hi"}]})
+    assert refused.status_code == 503 and refused.json()["detail"] == "Model is not loaded (state: error)."
+    monkeypatch.undo()
+    assert api.get("/health").status_code == 200

@@ -483,7 +483,8 @@ def test_hostile_request(hostile: Hostile, case: Case):
     assert time.monotonic() - started < 15
     body = response.json()
     if case.status != 200:
-        assert set(body) == {"detail"}, body
+        assert set(body) == {"detail", "request_id"}, body
+        assert body["request_id"] == request_id, body
         assert case.detail in body["detail"], body
         _assert_leaks_nothing(hostile, body["detail"])
     if case.status == 401:
