@@ -249,7 +249,10 @@ def test_503_while_the_model_is_not_loaded(api, monkeypatch):
     monkeypatch.setattr(runtime, "state", "loading")
     response = api.post(GENERATE, user("hi"))
     assert response.status_code == 503
-    assert response.json() == {"detail": "Model is not loaded (state: loading).", "request_id": response["X-Request-ID"]}
+    assert response.json() == {
+        "detail": "Model is not loaded (state: loading).",
+        "request_id": response["X-Request-ID"],
+    }
     assert RequestLog.objects.get().status_code == 503
 
 

@@ -42,5 +42,8 @@ def test_clear_vram_while_the_model_is_not_loaded_is_503(api, monkeypatch, admin
     monkeypatch.setattr(runtime, "state", "loading")
     response = api.post("/clear_vram", {}, Authorization=f"Bearer {admin_key}")
     assert response.status_code == 503
-    assert response.json() == {"detail": "Model is not loaded (state: loading).", "request_id": response["X-Request-ID"]}
+    assert response.json() == {
+        "detail": "Model is not loaded (state: loading).",
+        "request_id": response["X-Request-ID"],
+    }
     assert RequestLog.objects.get().status_code == 503
