@@ -98,7 +98,15 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+# Seconds a request thread keeps its database connection (Django's persistent connections). The request-log
+# row is written after the response, but on a keep-alive connection the client's next request waits for it:
+# opening and closing a SQLite connection per request (the last close checkpoints the WAL) cost ~6 ms of it.
+# A SQLite connection is a file handle, so it is kept by default; a PostgreSQL one is a server process, and
+# every gunicorn thread would hold one (VLM_THREADS x VLM_WORKERS against max_connections), so it is opt-in.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600 if _SQLITE else 0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if _SQLITE:
     # Many request threads write log rows at once: WAL lets readers and one writer overlap,
     # IMMEDIATE takes the write lock up front (no lock upgrade deadlocks), and the timeout waits
     # for it instead of failing with "database is locked".
