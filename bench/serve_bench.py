@@ -184,9 +184,15 @@ def refusal_latencies(model: str, device: str, workdir: Path, count: int) -> lis
     long_body = {"messages": [{"role": "user", "content": "long"}], "max_new_tokens": 4000}
     blockers = ThreadPoolExecutor(2)
     with gunicorn(workdir, model=model, VLM_DEVICE=device, VLM_MAX_BATCH_SIZE="1", VLM_MAX_QUEUE="1") as server:
+        # One after the other: sent together, the second could find the first still queued and be refused.
+        running = []
         for _ in range(2):
-            blockers.submit(requests.post, f"{server.base}/api/v1/generate", json=long_body, timeout=900)
-        time.sleep(1.5)
+            running.append(
+                blockers.submit(requests.post, f"{server.base}/api/v1/generate", json=long_body, timeout=900)
+            )
+            time.sleep(1.0)
+        if any(blocker.done() for blocker in running):
+            raise RuntimeError("a long request ended before the queue was full: " + running[0].result().text[:200])
         session = requests.Session()
         latencies = []
         for _ in range(count):
