@@ -10,7 +10,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .serializers import FiniteFloatField, content_item_count, prompt_chars
+from .serializers import FiniteFloatField, StringOrItemsField, content_item_count, prompt_chars
 
 # OpenAI's newer "developer" role is its "system" role under another name.
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -89,27 +89,15 @@ class ContentPartSerializer(serializers.Serializer):
 
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": _PART_SCHEMA}]})
-class ChatContentField(serializers.Field):
+class ChatContentField(StringOrItemsField):
     """A message's content: a string, or a non-empty array of content parts."""
 
-    default_error_messages = {
-        "invalid": "must be a string or an array of content parts",
-        "empty": "must not be an empty array",
-    }
+    default_error_messages = {"invalid": "must be a string or an array of content parts"}
 
-    def to_internal_value(self, data):
-        if isinstance(data, str):
-            return data
-        if not isinstance(data, list):
-            self.fail("invalid")
-        if not data:
-            self.fail("empty")
+    def parse_items(self, data: list) -> list:
         parts = ContentPartSerializer(data=data, many=True)
         parts.is_valid(raise_exception=True)
         return parts.validated_data
-
-    def to_representation(self, value):
-        return value
 
 
 class ChatMessageSerializer(serializers.Serializer):

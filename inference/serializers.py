@@ -51,8 +51,9 @@ class _ContentTypeSerializer(serializers.Serializer):
     type = serializers.ChoiceField(choices=CONTENT_TYPES)
 
 
-class ContentField(serializers.Field):
-    """A message's content: a plain string, or an array of text, image and video items."""
+class StringOrItemsField(serializers.Field):
+    """A message's content: a plain string, or a non-empty array whose items `parse_items` validates
+    (the spec's content items here, OpenAI's content parts in openai_serializers)."""
 
     default_error_messages = {
         "invalid": "must be a string or an array of content items",
@@ -66,6 +67,19 @@ class ContentField(serializers.Field):
             self.fail("invalid")
         if not data:
             self.fail("empty")
+        return self.parse_items(data)
+
+    def parse_items(self, data: list) -> list:
+        raise NotImplementedError
+
+    def to_representation(self, value):
+        return value
+
+
+class ContentField(StringOrItemsField):
+    """A message's content: a plain string, or an array of text, image and video items."""
+
+    def parse_items(self, data: list) -> list:
         items, errors = [], []
         for item in data:
             serializer = _ContentTypeSerializer(data=item)
@@ -77,9 +91,6 @@ class ContentField(serializers.Field):
         if any(errors):
             raise serializers.ValidationError(errors)
         return items
-
-    def to_representation(self, value):
-        return value
 
 
 class MessageSerializer(serializers.Serializer):
