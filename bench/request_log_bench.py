@@ -1,0 +1,192 @@
+"""The request log at scale: write throughput under concurrent writers, and the dashboard at a million rows.
+
+    .venv/bin/python bench/request_log_bench.py                     # SQLite, in a temporary file
+    .venv/bin/python bench/request_log_bench.py --database postgres://postgres@127.0.0.1:5432/vlm_bench
+
+Writes: --writers threads (32) write rows for --seconds through the server's own path, `services.request_finish`,
+which the request-log middleware calls once a response is sent (metrics included). It reports rows/s, the time of
+one write at p50 and p99, the writes that failed (logged as errors, "database is locked" among them), and checks
+that every row is in the table.
+
+Dashboard: seeds --rows synthetic rows over the last 7 days (`manage.py seed_request_log`), then renders
+/admin/dashboard/ for each window as a staff user through Django's test client (the database's aggregates plus
+the template), and reports the time of each.
+
+The PostgreSQL database is created when it does not exist and emptied of request-log rows before the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+class ErrorCounter(logging.Handler):
+    """Counts the errors the request-log path logs instead of raising (a lost row is logged, never raised)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.count = 0
+        self.first = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        self.first = self.first or self.format(record)
+
+
+def create_postgres_database(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    maintenance = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(maintenance, autocommit=True) as connection:
+        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def measure_writes(writers: int, seconds: float) -> dict:
+    from django.db import connections
+    from django.utils import timezone
+
+    from inference.models import RequestLog
+    from inference.services import RequestRecord, request_finish
+
+    errors = ErrorCounter()
+    logging.getLogger("inference.services").addHandler(errors)
+    durations: list[list[float]] = [[] for _ in range(writers)]
+    start = threading.Barrier(writers + 1)
+    stop_at: list[float] = []
+
+    def write(index: int) -> None:
+        start.wait()
+        try:
+            while time.monotonic() < stop_at[0]:
+                record = RequestRecord(
+                    request_id=uuid.uuid4(),
+                    received_at=timezone.now(),
+                    received_monotonic=time.monotonic(),
+                    endpoint="/api/v1/generate",
+                    method="POST",
+                    client_ip="192.0.2.1",
+                    status_code=200,
+                    num_messages=1,
+                    prompt_preview="What is in this image?",
+                )
+                began = time.perf_counter()
+                request_finish(record=record)
+                durations[index].append(time.perf_counter() - began)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=write, args=(index,)) for index in range(writers)]
+    for thread in threads:
+        thread.start()
+    began = time.monotonic()
+    stop_at.append(began + seconds)
+    start.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    every = sorted(duration for per_writer in durations for duration in per_writer)
+    stored = RequestLog.objects.count()
+    return {
+        "attempted": len(every),
+        "stored": stored,
+        "errors": errors.count,
+        "first_error": errors.first,
+        "rows_per_s": stored / elapsed,
+        "p50_ms": statistics.median(every) * 1000,
+        "p99_ms": every[int(len(every) * 0.99)] * 1000,
+    }
+
+
+def measure_dashboard(rows: int, repeats: int) -> dict[str, float]:
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.test import Client
+
+    from inference.selectors import DASHBOARD_WINDOWS
+
+    print(f"seeding {rows} rows ...", flush=True)
+    began = time.monotonic()
+    call_command("seed_request_log", rows=rows, verbosity=0)
+    print(f"  seeded in {time.monotonic() - began:.0f} s", flush=True)
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench-staff", defaults={"is_staff": True, "is_superuser": True}
+    )
+    client = Client()
+    client.force_login(user)
+    timings = {}
+    for key in DASHBOARD_WINDOWS:
+        samples = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            response = client.get("/admin/dashboard/", {"window": key})
+            samples.append(time.perf_counter() - began)
+            assert response.status_code == 200, response.status_code
+        timings[key] = statistics.median(samples)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", default="", help="DATABASE_URL (default: SQLite in a temporary file)")
+    parser.add_argument("--writers", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the dashboard (0: skip it)")
+    parser.add_argument("--repeats", type=int, default=3, help="renders of each dashboard window")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="vlm-log-bench-") as tmp:
+        database = args.database or f"sqlite:///{tmp}/bench.sqlite3"
+        if database.startswith(("postgres://", "postgresql://")):
+            create_postgres_database(database)
+        os.environ["DATABASE_URL"] = database
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlmsite.settings")
+        os.environ.setdefault("SECRET_KEY", "request-log-bench")
+        os.environ["LOG_LEVEL"] = "WARNING"
+
+        import django
+        from django.core.management import call_command
+
+        django.setup()
+        call_command("migrate", verbosity=0)
+        from inference.models import RequestLog
+
+        RequestLog.objects.all().delete()
+        engine = "PostgreSQL" if "postgres" in database else "SQLite"
+
+        print(f"{engine}: {args.writers} writers for {args.seconds:.0f} s ...", flush=True)
+        writes = measure_writes(args.writers, args.seconds)
+        print(
+            f"  {writes['rows_per_s']:.0f} rows/s; {writes['stored']} rows stored of {writes['attempted']} written; "
+            f"{writes['errors']} errors; one write p50 {writes['p50_ms']:.1f} ms, p99 {writes['p99_ms']:.1f} ms",
+            flush=True,
+        )
+        if writes["errors"]:
+            print(f"  first error: {writes['first_error']}", flush=True)
+        if args.rows:
+            RequestLog.objects.all().delete()
+            timings = measure_dashboard(args.rows, args.repeats)
+            for key, seconds in timings.items():
+                print(f"  dashboard, {key} window, {args.rows} rows: {seconds:.2f} s (median of {args.repeats})")
+        if writes["errors"] or writes["stored"] != writes["attempted"]:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
