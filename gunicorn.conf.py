@@ -53,6 +53,15 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
+def worker_exit(server, worker):
+    """Write the request-log rows still queued before the worker goes (atexit would too, but not after a
+    graceful-timeout kill)."""
+    from inference.services import request_log_writer
+
+    if not request_log_writer.flush(timeout=graceful_timeout / 2):
+        server.log.error("worker %s exits with %d request-log rows unwritten", worker.pid, request_log_writer.pending)
+
+
 def on_exit(server):
     # Only the directory made above; an operator's own directory is left as it is.
     directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -3,10 +3,12 @@
     .venv/bin/python bench/request_log_bench.py                     # SQLite, in a temporary file
     .venv/bin/python bench/request_log_bench.py --database postgres://postgres@127.0.0.1:5432/vlm_bench
 
-Writes: --writers threads (32) write rows for --seconds through the server's own path, `services.request_finish`,
-which the request-log middleware calls once a response is sent (metrics included). It reports rows/s, the time of
-one write at p50 and p99, the writes that failed (logged as errors, "database is locked" among them), and checks
-that every row is in the table.
+Writes: --writers threads (32) write --writes rows through the server's own path, `services.request_finish`, which
+the request-log middleware calls once a response is sent (metrics included): once with VLM_REQUEST_LOG_WRITER=inline
+(each thread inserts its row) and once with the default, `thread` (one writer thread per process inserts what has
+queued, in batches). It reports rows/s until the last row is in the table, the time a request thread spends at
+p50 and p99, the writes that failed (logged as errors, "database is locked" among them), and checks that every row
+is in the table.
 
 Dashboard: seeds --rows synthetic rows over the last 7 days (`manage.py seed_request_log`), then renders
 /admin/dashboard/ for each window as a staff user through Django's test client (the database's aggregates plus
@@ -58,23 +60,28 @@ def create_postgres_database(url: str) -> None:
             connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def measure_writes(writers: int, seconds: float) -> dict:
+def measure_writes(writers: int, count: int, mode: str) -> dict:
+    """`count` rows from `writers` threads at once through request_finish, with VLM_REQUEST_LOG_WRITER=`mode`;
+    the time runs until the last row is in the table (the writer flushed)."""
+    from django.conf import settings
     from django.db import connections
     from django.utils import timezone
 
     from inference.models import RequestLog
-    from inference.services import RequestRecord, request_finish
+    from inference.services import RequestRecord, request_finish, request_log_writer
 
+    settings.VLM_REQUEST_LOG_WRITER = mode
+    RequestLog.objects.all().delete()
     errors = ErrorCounter()
-    logging.getLogger("inference.services").addHandler(errors)
+    for name in ("inference.services", "inference.log_writer"):
+        logging.getLogger(name).addHandler(errors)
     durations: list[list[float]] = [[] for _ in range(writers)]
     start = threading.Barrier(writers + 1)
-    stop_at: list[float] = []
 
     def write(index: int) -> None:
         start.wait()
         try:
-            while time.monotonic() < stop_at[0]:
+            for _ in range(count // writers):
                 record = RequestRecord(
                     request_id=uuid.uuid4(),
                     received_at=timezone.now(),
@@ -95,15 +102,18 @@ def measure_writes(writers: int, seconds: float) -> dict:
     threads = [threading.Thread(target=write, args=(index,)) for index in range(writers)]
     for thread in threads:
         thread.start()
-    began = time.monotonic()
-    stop_at.append(began + seconds)
     start.wait()
+    began = time.monotonic()
     for thread in threads:
         thread.join()
+    request_log_writer.flush()
     elapsed = time.monotonic() - began
     every = sorted(duration for per_writer in durations for duration in per_writer)
     stored = RequestLog.objects.count()
+    for name in ("inference.services", "inference.log_writer"):
+        logging.getLogger(name).removeHandler(errors)
     return {
+        "mode": mode,
         "attempted": len(every),
         "stored": stored,
         "errors": errors.count,
@@ -146,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", default="", help="DATABASE_URL (default: SQLite in a temporary file)")
     parser.add_argument("--writers", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--writes", type=int, default=16000, help="rows written in each mode")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the dashboard (0: skip it)")
     parser.add_argument("--repeats", type=int, default=3, help="renders of each dashboard window")
     args = parser.parse_args()
@@ -170,21 +180,30 @@ def main() -> None:
         RequestLog.objects.all().delete()
         engine = "PostgreSQL" if "postgres" in database else "SQLite"
 
-        print(f"{engine}: {args.writers} writers for {args.seconds:.0f} s ...", flush=True)
-        writes = measure_writes(args.writers, args.seconds)
-        print(
-            f"  {writes['rows_per_s']:.0f} rows/s; {writes['stored']} rows stored of {writes['attempted']} written; "
-            f"{writes['errors']} errors; one write p50 {writes['p50_ms']:.1f} ms, p99 {writes['p99_ms']:.1f} ms",
-            flush=True,
-        )
-        if writes["errors"]:
-            print(f"  first error: {writes['first_error']}", flush=True)
+        results = []
+        for mode in ("inline", "thread"):
+            print(
+                f"{engine}: {args.writes} rows from {args.writers} threads, VLM_REQUEST_LOG_WRITER={mode} ...",
+                flush=True,
+            )
+            writes = measure_writes(args.writers, args.writes, mode)
+            results.append(writes)
+            print(
+                f"  {writes['rows_per_s']:.0f} rows/s; {writes['stored']} rows stored of {writes['attempted']} written; "
+                f"{writes['errors']} errors; a request thread's part p50 {writes['p50_ms']:.2f} ms, "
+                f"p99 {writes['p99_ms']:.2f} ms",
+                flush=True,
+            )
+            if writes["errors"]:
+                print(f"  first error: {writes['first_error']}", flush=True)
+        inline, threaded = results
+        print(f"  writer thread / inline, rows/s: {threaded['rows_per_s'] / inline['rows_per_s']:.1f}x", flush=True)
         if args.rows:
             RequestLog.objects.all().delete()
             timings = measure_dashboard(args.rows, args.repeats)
             for key, seconds in timings.items():
                 print(f"  dashboard, {key} window, {args.rows} rows: {seconds:.2f} s (median of {args.repeats})")
-        if writes["errors"] or writes["stored"] != writes["attempted"]:
+        if any(writes["errors"] or writes["stored"] != writes["attempted"] for writes in results):
             sys.exit(1)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from monitoring import metrics
@@ -23,6 +23,7 @@ from . import media
 from .backend import MemoryStats, memory_stats, resolve_device
 from .engine import GenerationResult, Job
 from .errors import InvalidRequest, MediaError
+from .log_writer import BatchWriter, flush_at_exit
 from .models import RequestLog
 from .runtime import runtime
 from .sampling import RowSampling
@@ -56,6 +57,9 @@ class RequestRecord:
     result: GenerationResult | None = None
     error_reason: str = ""
     error_detail: str = ""
+    # Set when the response is done, so a row written later by the log writer keeps the true times.
+    finished_at: datetime | None = None
+    finished_monotonic: float | None = None
 
     @property
     def num_images(self) -> int:
@@ -296,16 +300,33 @@ def vram_clear(*, trigger: str = "manual") -> dict:
 
 
 def request_finish(*, record: RequestRecord) -> None:
-    """Write the record's row and count it in the metrics. Never raises: losing a log row must not
-    fail the response, but it is logged loudly."""
+    """Count the request in the metrics and have its row written. Never raises: losing a log row must not
+    fail the response, but it is logged loudly.
+
+    With VLM_REQUEST_LOG_WRITER=thread (the default) the row goes to the process's log writer
+    (inference/log_writer.py), which inserts queued rows in batches, off the request thread; `inline` writes
+    it here (the Django test client's tests read it back at once)."""
+    record.finished_at = timezone.now()
+    record.finished_monotonic = time.monotonic()
     try:
         _observe_request(record)
     except Exception:
         logger.exception("metrics for request %s failed", record.request_id)
-    try:
-        request_log_record(record=record)
-    except Exception:
-        logger.exception("could not write the request log row for %s", record.request_id)
+    if settings.VLM_REQUEST_LOG_WRITER == "thread":
+        request_log_writer.submit(record)
+    else:
+        write_request_log(records=[record])
+
+
+def write_request_log_batch(records: list[RequestRecord]) -> None:
+    """The log writer's batch, on its own thread: a connection that died (a restarted database) or outlived
+    DATABASE_CONN_MAX_AGE is replaced first, as Django does at the start of each request."""
+    close_old_connections()
+    write_request_log(records=records)
+
+
+request_log_writer: BatchWriter[RequestRecord] = BatchWriter(write_request_log_batch, name="vlm-request-log")
+flush_at_exit(request_log_writer)
 
 
 def _storable(text: str) -> str:
@@ -313,13 +334,44 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-def request_log_record(*, record: RequestRecord) -> RequestLog:
-    """Insert the row for one request."""
+def write_request_log(*, records: list[RequestRecord]) -> None:
+    """Insert the records' rows in one transaction. If that fails, row by row, so one bad row (a reused
+    request id) costs no other; a row that still fails is logged with its request id."""
+    rows = [request_log_row(record) for record in records]
+    if len(rows) > 1:
+        try:
+            with transaction.atomic():
+                RequestLog.objects.bulk_create(rows)
+            return
+        except Exception:
+            logger.warning("a batch of %d request-log rows failed; writing them one by one", len(rows), exc_info=True)
+    for row in rows:
+        try:
+            _insert_row(row)
+        except Exception:
+            logger.exception("could not write the request log row for %s", row.id)
+
+
+def _insert_row(row: RequestLog) -> None:
+    try:
+        with transaction.atomic():
+            row.save(force_insert=True)
+    except IntegrityError:
+        # A client reused an X-Request-ID that is already on record: keep the request, under a new id.
+        logger.warning("request id %s is already on record; logging this request as a new id", row.id)
+        row.id = uuid.uuid4()
+        row.save(force_insert=True)
+
+
+def request_log_row(record: RequestRecord) -> RequestLog:
+    """The request-log row (unsaved) for one finished request."""
     result = record.result
+    finished_at = record.finished_at or timezone.now()
+    finished_monotonic = record.finished_monotonic or time.monotonic()
     row = RequestLog(
         id=record.request_id,
         received_at=record.received_at,
-        finished_at=timezone.now(),
+        finished_at=finished_at,
         endpoint=_storable(record.endpoint),
         method=record.method,
         status_code=record.status_code,
@@ -352,15 +404,7 @@ def request_log_record(*, record: RequestRecord) -> RequestLog:
         row.batch_size = result.batch_size
         row.finish_reason = result.finish_reason
     else:
-        row.total_ms = (time.monotonic() - record.received_monotonic) * 1000
-    try:
-        with transaction.atomic():
-            row.save(force_insert=True)
-    except IntegrityError:
-        # A client reused an X-Request-ID that is already on record: keep the request, under a new id.
-        logger.warning("request id %s is already on record; logging this request as a new id", row.id)
-        row.id = uuid.uuid4()
-        row.save(force_insert=True)
+        row.total_ms = (finished_monotonic - record.received_monotonic) * 1000
     return row
 
 

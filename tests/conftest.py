@@ -20,6 +20,13 @@ def tiny_model_path() -> Path:
     return TINY_MODEL
 
 
+@pytest.fixture(autouse=True, scope="session")
+def request_log_written_inline():
+    """Tests through Django's test client read a request's row right after its response: written inline. Servers
+    the tests start (gunicorn) keep the default, the background writer."""
+    settings.VLM_REQUEST_LOG_WRITER = "inline"
+
+
 @pytest.fixture(scope="session")
 def loaded_model(tiny_model_path):
     """The process-wide runtime serving the tiny model through the real loading path (once per session)."""

@@ -220,6 +220,12 @@ VLM_MAX_MESSAGES = env.int("VLM_MAX_MESSAGES", default=1000)
 VLM_MAX_CONTENT_ITEMS = env.int("VLM_MAX_CONTENT_ITEMS", default=1000)
 VLM_MAX_PROMPT_CHARS = env.int("VLM_MAX_PROMPT_CHARS", default=1_000_000)
 VLM_LOG_PROMPTS = env.bool("VLM_LOG_PROMPTS", default=True)
+# How request-log rows are written: `thread`, by one writer thread per process that inserts what has queued in
+# one transaction (off the request threads, see inference/log_writer.py); `inline`, by each request thread once
+# its response is sent.
+VLM_REQUEST_LOG_WRITER = env.str("VLM_REQUEST_LOG_WRITER", default="thread")
+if VLM_REQUEST_LOG_WRITER not in ("thread", "inline"):
+    raise ImproperlyConfigured(f"VLM_REQUEST_LOG_WRITER must be thread or inline, not {VLM_REQUEST_LOG_WRITER!r}")
 # The playground page at / (it calls the API with the key a person types in, so it grants nothing).
 VLM_PLAYGROUND = env.bool("VLM_PLAYGROUND", default=True)
 # `manage.py prune_request_log` (run it from cron or a systemd timer) deletes rows older than this; 0 keeps all.

@@ -10,7 +10,7 @@ import uuid
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from inference.models import RequestLog
@@ -68,8 +68,22 @@ class Command(BaseCommand):
                 RequestLog.objects.bulk_create(batch)
             if first and first % (20 * batch_size) == 0:
                 self.stdout.write(f"  {first + count} rows...")
+        refresh_planner_statistics()
         elapsed = time.monotonic() - started
         self.stdout.write(self.style.SUCCESS(f"Inserted {rows} synthetic rows over {days:g} days in {elapsed:.1f} s."))
+
+
+def refresh_planner_statistics() -> None:
+    """What a bulk load needs before it is queried. Without statistics and a visibility map (autovacuum comes
+    later), PostgreSQL planned the dashboard's percentile probes over a million fresh rows at 40-50 s instead of
+    0.4-2.4 s; VACUUM ANALYZE fixes both. SQLite gets ANALYZE for its planner."""
+    table = connection.ops.quote_name(RequestLog._meta.db_table)
+    with connection.cursor() as cursor:
+        # VACUUM cannot run inside a transaction (a caller's, a test's): ANALYZE alone there.
+        if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            cursor.execute(f"VACUUM ANALYZE {table}")
+        else:
+            cursor.execute(f"ANALYZE {table}")
 
 
 def synthetic_row(rng: random.Random, *, received_at, serial: int) -> RequestLog:
