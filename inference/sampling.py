@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import torch
 
 _BUCKETS = 4096
+# Temperatures below this are greedy, as in vLLM (_SAMPLING_EPS): dividing logits by a subnormal temperature
+# gives infinities, and the distribution it stands for is the argmax anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 # Below this many candidates a plain sort is cheaper than another histogram pass.
 _SORT_BELOW = 4096
 
@@ -35,7 +38,7 @@ class RowSampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 def _bucketize(log_weights: torch.Tensor) -> torch.Tensor:
@@ -43,7 +46,10 @@ def _bucketize(log_weights: torch.Tensor) -> torch.Tensor:
     low = log_weights.amin(dim=-1, keepdim=True)
     high = log_weights.amax(dim=-1, keepdim=True)
     scale = (_BUCKETS - 1) / (high - low).clamp_min(1e-12)
-    return (log_weights - low).mul_(scale).long()
+    # Masked tokens (-inf) make the span infinite and their positions NaN: those land in bucket 0 (least
+    # likely) instead of becoming an out-of-range index.
+    positions = (log_weights - low).mul_(scale).nan_to_num_(nan=0.0, posinf=_BUCKETS - 1, neginf=0.0)
+    return positions.clamp_(0, _BUCKETS - 1).long()
 
 
 def _threshold_in_bucket(candidates: torch.Tensor, mass_above: float, target: float) -> torch.Tensor:

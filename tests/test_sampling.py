@@ -91,3 +91,25 @@ def test_a_seeded_generator_makes_sampling_repeatable():
         return [int(select_next_tokens(logits.clone(), [row])[0]) for _ in range(5)]
 
     assert draw(3) == draw(3)
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-6])
+def test_a_vanishing_temperature_is_greedy(temperature):
+    """Found by the fuzz: logits divided by a subnormal temperature are infinities, which broke the buckets."""
+    logits = torch.randn(2, VOCAB)
+    expected = torch.argmax(logits, dim=-1)
+    rows = [RowSampling(temperature=temperature, top_p=6e-139), RowSampling(temperature=temperature, top_p=0.9)]
+    assert torch.equal(select_next_tokens(logits.clone(), rows), expected)
+
+
+def test_masked_tokens_never_break_the_nucleus_nor_get_picked():
+    logits = torch.randn(3, VOCAB)
+    logits[:, ::2] = float("-inf")  # a logits processor's mask: half the vocabulary ruled out
+    logits[2, 2:] = float("-inf")  # one row with a single token left (1: 0 is masked above)
+    rows = [RowSampling(temperature=0.7, top_p=0.5), RowSampling(temperature=1.3, top_p=1.0)] + [
+        RowSampling(temperature=1.0, top_p=0.9)
+    ]
+    for _ in range(20):
+        picks = select_next_tokens(logits.clone(), rows)
+        assert all(torch.isfinite(logits[row, picks[row]]) for row in range(3))
+    assert int(picks[2]) == 1
