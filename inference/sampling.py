@@ -81,7 +81,9 @@ def nucleus_weights(scaled_logits: torch.Tensor, top_ps: Sequence[float]) -> tor
     for row, top_p in enumerate(top_ps):
         if top_p >= 1.0:
             continue
-        target = top_p * float(at_or_above[row, 0])
+        # At least float32's smallest normal number: the masses are float32, and a top_p of 1e-110 would round
+        # to a target of 0 there, which every bucket, empty ones too, "reaches". The nucleus is the top token.
+        target = max(top_p * float(at_or_above[row, 0]), torch.finfo(torch.float32).tiny)
         reaching = torch.nonzero(at_or_above[row] >= target)
         bucket = int(reaching[-1]) if reaching.numel() else 0
         mass_above = float(at_or_above[row, bucket] - masses[row, bucket])

@@ -113,3 +113,13 @@ def test_masked_tokens_never_break_the_nucleus_nor_get_picked():
         picks = select_next_tokens(logits.clone(), rows)
         assert all(torch.isfinite(logits[row, picks[row]]) for row in range(3))
     assert int(picks[2]) == 1
+
+
+@pytest.mark.parametrize("top_p", [1.2117266163396931e-110, 1e-45, 1e-30])
+def test_a_vanishing_top_p_keeps_only_the_most_likely_token(top_p):
+    """Found by the fuzz: a target under float32's range made an empty bucket the boundary."""
+    for scale in (1.0, 4.0, 16.0):  # spreads under which the most likely token's bucket rounds below the top
+        logits = torch.randn(8, VOCAB, generator=torch.Generator().manual_seed(int(scale))) * scale
+        expected = torch.argmax(logits, dim=-1)
+        rows = [RowSampling(temperature=1.4204559694970535, top_p=top_p)] * 8
+        assert torch.equal(select_next_tokens(logits.clone(), rows), expected)
