@@ -8,7 +8,7 @@ For each mode (batching on: VLM_MAX_BATCH_SIZE=--batch-size; off: 1) it starts g
 sending a mix of text and image requests, and reports requests/s, output tokens/s, latency
 percentiles and time to first token (as the server measured it). It then measures:
 - the server's own overhead per request: the same request sequentially over HTTP against the engine
-  called in-process (backend.prepare + engine.submit, no Django, no HTTP), p50 against p50;
+  called in-process (backend.prepare + engine.submit, no Django, no HTTP), alternately, p50 against p50;
 - how fast a request is refused when the queue is full (VLM_MAX_QUEUE=1, long requests in flight).
 Results go to --output (bench/RESULTS.md) with the machine, the date and the command.
 """
@@ -138,44 +138,54 @@ def mean_batch_size(server: Gunicorn, request_ids: list[str]) -> float:
     return sum(sizes) / len(sizes) if sizes else float("nan")
 
 
-def http_latencies(server: Gunicorn, body: dict, count: int) -> list[float]:
-    session = requests.Session()
-    latencies = []
-    for _ in range(count):
-        sent = time.monotonic()
-        response = session.post(f"{server.base}/api/v1/generate", json=body, timeout=300)
-        latencies.append(time.monotonic() - sent)
-        assert response.status_code == 200, response.text
-    return latencies
+class InProcessEngine:
+    """The same model behind the engine in this process: backend.prepare + engine.submit, no Django, no HTTP."""
 
+    def __init__(self, model: str, device: str) -> None:
+        from inference.backend import QwenVLBackend
+        from inference.engine import Engine
 
-def in_process_latencies(model: str, device: str, body: dict, count: int) -> list[float]:
-    """The same request through backend.prepare + engine.submit in this process: no HTTP, no Django."""
-    from inference.backend import QwenVLBackend
-    from inference.engine import Engine, Job
-    from inference.sampling import RowSampling
+        self.backend = QwenVLBackend(model, device=device)
+        self.backend.load()
+        # Batch size 1, as on the HTTP server it is compared with: no batch-collection wait on either side.
+        self.engine = Engine(self.backend, max_batch_size=1)
+        self.engine.start()
 
-    backend = QwenVLBackend(model, device=device)
-    backend.load()
-    # Batch size 1, as on the HTTP server it is compared with: no batch-collection wait on either side.
-    engine = Engine(backend, max_batch_size=1)
-    engine.start()
-    conversation = body["messages"]
-    latencies = []
-    for _ in range(count):
+    def latency(self, body: dict) -> float:
+        from inference.engine import Job
+        from inference.sampling import RowSampling
+
         received = time.monotonic()
-        row = backend.prepare(conversation)
+        row = self.backend.prepare(body["messages"])
         job = Job(
             row=row,
-            sampling=RowSampling(temperature=0.7, top_p=0.9),
+            sampling=RowSampling(temperature=body["temperature"], top_p=body["top_p"]),
             max_new_tokens=body["max_new_tokens"],
             received_at=received,
             preprocess_s=time.monotonic() - received,
             deadline=received + 300,
         )
-        engine.submit(job).result()
-        latencies.append(time.monotonic() - received)
-    engine.stop()
+        self.engine.submit(job).result()
+        return time.monotonic() - received
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+
+def overhead_latencies(server: Gunicorn, engine: InProcessEngine, body: dict, count: int) -> dict[str, list[float]]:
+    """The same request over HTTP and in-process, alternately: a shared machine's speed drifts by tens of
+    percent within minutes, and alternating makes both sides see the same drift."""
+    session = requests.Session()
+    for _ in range(5):  # warm both
+        session.post(f"{server.base}/api/v1/generate", json=body, timeout=300)
+        engine.latency(body)
+    latencies: dict[str, list[float]] = {"http": [], "engine": []}
+    for _ in range(count):
+        sent = time.monotonic()
+        response = session.post(f"{server.base}/api/v1/generate", json=body, timeout=300)
+        latencies["http"].append(time.monotonic() - sent)
+        assert response.status_code == 200, response.text
+        latencies["engine"].append(engine.latency(body))
     return latencies
 
 
@@ -250,7 +260,7 @@ def write_results(path: Path, args, results: list[LoadResult], overhead: dict, r
         "",
         f"**Batching on / off, output tokens/s: {ratio:.2f}x**",
         "",
-        "| server overhead (same request, sequential) | p50 ms | p95 ms |",
+        "| server overhead (same request, sequential, HTTP and in-process alternately) | p50 ms | p95 ms |",
         "| --- | ---: | ---: |",
         f"| over HTTP (gunicorn, validation, request log, metrics) | {ms(percentile(overhead['http'], 0.5))} | "
         f"{ms(percentile(overhead['http'], 0.95))} |",
@@ -304,7 +314,12 @@ def main() -> None:
             build_tiny_model(DEFAULT_MODEL)
 
     results = []
-    overhead_body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_new_tokens": 8}
+    overhead_body = {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_new_tokens": 8,
+        "temperature": 0.7,
+        "top_p": 0.9,
+    }
     with tempfile.TemporaryDirectory(prefix="vlm-bench-") as tmp:
         workdir = Path(tmp)
         overhead: dict[str, list[float]] = {}
@@ -335,10 +350,10 @@ def main() -> None:
                 )
                 results.append(result)
                 if batch_size == 1:
-                    print("overhead: sequential requests over HTTP ...", flush=True)
-                    overhead["http"] = http_latencies(server, overhead_body, args.overhead_requests)
-        print("overhead: the same requests through the engine in-process ...", flush=True)
-        overhead["engine"] = in_process_latencies(args.model, args.device, overhead_body, args.overhead_requests)
+                    print("overhead: the same request over HTTP and in-process, alternately ...", flush=True)
+                    engine = InProcessEngine(args.model, args.device)
+                    overhead = overhead_latencies(server, engine, overhead_body, args.overhead_requests)
+                    engine.stop()
         print("refusal latency with a full queue ...", flush=True)
         refusals = refusal_latencies(args.model, args.device, workdir, 20)
     print(write_results(Path(args.output), args, results, overhead, refusals))
