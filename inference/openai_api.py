@@ -12,7 +12,6 @@ import re
 import time
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
@@ -46,7 +45,7 @@ _SPEC_MEDIA_LOCATION = re.compile(r"^(messages\[\d+\]\.content\[\d+\])\.(image|v
 
 
 def served_model_name() -> str:
-    return settings.VLM_SERVED_MODEL_NAME or settings.VLM_MODEL
+    return runtime.model_name
 
 
 def openai_error_body(message: str, *, status: int, code: str | None, param: str | None = None) -> dict:

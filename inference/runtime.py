@@ -33,7 +33,9 @@ class ModelRuntime:
 
     @property
     def model_name(self) -> str:
-        return settings.VLM_MODEL
+        """The name clients and dashboards see (/health, /v1/models, the `model_name` label, the request log):
+        VLM_SERVED_MODEL_NAME, as vLLM's --served-model-name, else VLM_MODEL itself."""
+        return settings.VLM_SERVED_MODEL_NAME or settings.VLM_MODEL
 
     @property
     def device(self) -> str:

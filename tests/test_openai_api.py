@@ -112,7 +112,7 @@ def test_plain_completion(oai, server, tiny_model_path):
         CHAT,
         "POST",
         200,
-        str(tiny_model_path),
+        SERVED_NAME,  # the name clients asked for, as in the metrics' model_name label
     )
     assert (row["input_tokens"], row["output_tokens"], row["finish_reason"]) == (usage.prompt_tokens, 8, "length")
     assert (row["max_new_tokens"], row["temperature"], row["prompt_preview"]) == (
