@@ -200,6 +200,13 @@ def test_two_workers_add_up_to_the_requests_sent(server, metrics_dir):
     assert sum(count > 0 for count in by_worker.values()) == 2, by_worker
     assert 1 not in by_worker  # the stale file was removed at start
 
+    # A request is counted once its response has gone out (with its log row): wait for the last ones.
+    def all_counted() -> dict[int, float] | None:
+        counts = tokens_by_worker(metrics_dir)
+        return counts if sum(counts.values()) == tokens else None
+
+    by_worker = eventually(all_counted, timeout=10, what=f"{tokens} tokens counted in the workers' files")
+
     exported = scrape(server.base)
     assert exported.value("vlm_generation_tokens_total") == sum(by_worker.values()) == tokens
     assert exported.value("vlm_request_success_total") == successes
