@@ -10,7 +10,12 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .serializers import FiniteFloatField, StringOrItemsField, content_item_count, prompt_chars
+from .serializers import (
+    FiniteFloatField,
+    StringOrItemsField,
+    content_item_count,
+    validate_conversation,
+)
 
 # OpenAI's newer "developer" role is its "system" role under another name.
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -188,12 +193,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         return value
 
     def validate_messages(self, messages: list[dict]) -> list[dict]:
-        if messages[-1]["role"] == "assistant":
-            raise serializers.ValidationError("the last message must not be from the assistant")
-        chars, limit = prompt_chars(messages), settings.VLM_MAX_PROMPT_CHARS
-        if chars > limit:
-            raise serializers.ValidationError(f"at most {limit} characters of text per request, got {chars}")
-        return messages
+        return validate_conversation(messages)
 
     def validate(self, attrs: dict) -> dict:
         for name in UNSUPPORTED:

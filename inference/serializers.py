@@ -98,6 +98,17 @@ class MessageSerializer(serializers.Serializer):
     content = ContentField()
 
 
+def validate_conversation(messages: list[dict]) -> list[dict]:
+    """Checks on a whole conversation, the same for both APIs: it ends with a turn to answer, and its text fits
+    VLM_MAX_PROMPT_CHARS."""
+    if messages[-1]["role"] == "assistant":
+        raise serializers.ValidationError("the last message must not be from the assistant")
+    chars, limit = prompt_chars(messages), settings.VLM_MAX_PROMPT_CHARS
+    if chars > limit:
+        raise serializers.ValidationError(f"at most {limit} characters of text per request, got {chars}")
+    return messages
+
+
 def content_item_count(messages: object) -> int:
     """Content items over all messages of a request not yet validated (anything malformed counts 0)."""
     if not isinstance(messages, list):
@@ -150,12 +161,7 @@ class GenerateRequestSerializer(serializers.Serializer):
         return value
 
     def validate_messages(self, messages: list[dict]) -> list[dict]:
-        if messages[-1]["role"] == "assistant":
-            raise serializers.ValidationError("the last message must not be from the assistant")
-        chars, limit = prompt_chars(messages), settings.VLM_MAX_PROMPT_CHARS
-        if chars > limit:
-            raise serializers.ValidationError(f"at most {limit} characters of text per request, got {chars}")
-        return messages
+        return validate_conversation(messages)
 
     def validated_params(self) -> dict:
         """The request's generation parameters with the server's defaults filled in."""
