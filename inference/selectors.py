@@ -12,11 +12,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import NotSupportedError, connection
 from django.db.models import Count, Func, IntegerField, QuerySet, Sum
 from django.utils import timezone
 
-from .models import RequestLog
+from .models import DashboardBucket, RequestLog
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ DASHBOARD_WINDOWS = {
 }
 DEFAULT_DASHBOARD_WINDOW = "hour"
 PERCENTILES = (50, 95)
+PERCENTILE_COLUMNS = ("total_ms", "ttft_ms")
+PERCENTILE_KEYS = frozenset(f"{column}:{p}" for column in PERCENTILE_COLUMNS for p in PERCENTILES)
 # The columns whose filter choices the admin lists (each leads an index, for the skip scan).
 DISTINCT_VALUE_FIELDS = ("status_code", "endpoint", "model", "api_key")
 
@@ -125,31 +128,26 @@ class Dashboard:
 
 
 def request_log_dashboard(*, window: DashboardWindow, now: datetime | None = None) -> Dashboard:
-    """The dashboard's charts for the window ending now: two queries, whatever the row count.
+    """The dashboard's charts for the window ending now.
 
-    The first groups the window by (bucket, status); the second reads each bucket's p50 and p95
-    latency and time to first token by rank (nearest-rank percentiles over generations, the rows
-    with a time to first token).
+    Finished buckets are read from DashboardBucket; the others (the last few, or all of them the first time a
+    window is shown) from the request log in two queries, whatever the row count: one groups them by
+    (bucket, status), one reads each bucket's p50 and p95 latency and time to first token by rank
+    (nearest-rank percentiles over generations, the rows with a time to first token).
     """
     end = now or timezone.now()
-    bucket_s = window.bucket_s
-    buckets = math.ceil(window.span.total_seconds() / bucket_s)
-    # Buckets on wall-clock boundaries (whole minutes, ten minutes, hours); the last one is the
-    # bucket in progress.
-    origin_epoch = (math.floor(end.timestamp()) // bucket_s - (buckets - 1)) * bucket_s
-    origin = datetime.fromtimestamp(origin_epoch, tz=UTC)
-    starts = [origin + i * window.bucket for i in range(buckets)]
-    groups = _dashboard_groups(origin=origin, end=end, bucket_s=bucket_s)
+    starts = _window_starts(window, end)
+    stats, _ = _bucket_stats(starts=starts, bucket=window.bucket, end=end)
 
-    per_bucket = [_BucketTotals() for _ in starts]
-    for group in groups:
-        per_bucket[group["bucket"]].add(group)
+    per_bucket = [_BucketTotals.from_groups(bucket.groups) for bucket in stats]
     totals = _window_totals(per_bucket)
 
-    ranges = [(start, min(start + window.bucket, end)) for start in starts]
-    percentiles = _bucket_percentiles(ranges=ranges, counts=[bucket.generations for bucket in per_bucket])
+    def percentile_series(column: str, p: int) -> list[float | None]:
+        return [bucket.percentiles[f"{column}:{p}"] for bucket in stats]
+
     # Rates over the whole bucket, the one in progress too: its bar grows as it fills rather than
     # jumping about while only seconds of it have passed.
+    bucket_s = window.bucket_s
     minutes = bucket_s / 60
     statuses = sorted(totals.by_status)
     series = DashboardSeries(
@@ -160,14 +158,122 @@ def request_log_dashboard(*, window: DashboardWindow, now: datetime | None = Non
         },
         error_rate=[_percent(bucket.errors, bucket.requests) for bucket in per_bucket],
         server_error_rate=[_percent(bucket.server_errors, bucket.requests) for bucket in per_bucket],
-        latency_ms={f"p{p}": percentiles[("total_ms", p)] for p in PERCENTILES},
-        ttft_ms={f"p{p}": percentiles[("ttft_ms", p)] for p in PERCENTILES},
+        latency_ms={f"p{p}": percentile_series("total_ms", p) for p in PERCENTILES},
+        ttft_ms={f"p{p}": percentile_series("ttft_ms", p) for p in PERCENTILES},
         output_tokens_per_s=[bucket.mean_tokens_per_s for bucket in per_bucket],
         throughput_tokens_per_s=[round(bucket.output_tokens / bucket_s, 3) for bucket in per_bucket],
         input_tokens=[bucket.input_tokens for bucket in per_bucket],
         output_tokens=[bucket.output_tokens for bucket in per_bucket],
     )
-    return Dashboard(window=window, start=origin, end=end, series=series, totals=totals)
+    return Dashboard(window=window, start=starts[0], end=end, series=series, totals=totals)
+
+
+def dashboard_buckets_settle(*, now: datetime | None = None) -> int:
+    """Work out and keep every finished bucket of every window that is not kept yet; returns how many.
+
+    The request-log writer calls this once a minute, so the dashboard finds its buckets ready however long
+    nobody looked at it; the dashboard keeps what it had to compute itself as well.
+    """
+    end = now or timezone.now()
+    added = 0
+    for window in DASHBOARD_WINDOWS.values():
+        finished = [start for start in _window_starts(window, end) if start + window.bucket <= _settled_before(end)]
+        if finished:
+            added += _bucket_stats(starts=finished, bucket=window.bucket, end=end)[1]
+    return added
+
+
+def dashboard_buckets_forget(*, start: datetime | None, end: datetime) -> int:
+    """Drop the kept buckets that overlap [start, end) (start None: everything before `end`), after request-log
+    rows in it changed; returns how many.
+
+    prune_request_log and seed_request_log call it, and so does the log writer for a row written later than
+    dashboard_settle_delay() after its request arrived. A dropped bucket is worked out again when next needed."""
+    overlapping = DashboardBucket.objects.filter(start__lt=end)
+    if start is not None:
+        widest = max(window.bucket for window in DASHBOARD_WINDOWS.values())
+        overlapping = overlapping.filter(start__gt=start - widest)
+    deleted, _ = overlapping.delete()
+    return deleted
+
+
+# A bucket is finished when no request received in it can still be running and waiting for its row to be written:
+# requests end by their deadline, VLM_REQUEST_TIMEOUT_S after they arrive (media fetches have deadlines of their
+# own, tens of seconds), and their rows are written within seconds of the response. Five minutes of slack cover
+# the fetches, a slow client reading a stream and the log writer; a row later than that drops its buckets
+# (services.write_request_log).
+DASHBOARD_SETTLE_SLACK = timedelta(minutes=5)
+
+
+def dashboard_settle_delay() -> timedelta:
+    return timedelta(seconds=settings.VLM_REQUEST_TIMEOUT_S) + DASHBOARD_SETTLE_SLACK
+
+
+def _settled_before(end: datetime) -> datetime:
+    return end - dashboard_settle_delay()
+
+
+def _window_starts(window: DashboardWindow, end: datetime) -> list[datetime]:
+    """The starts of the window's buckets, on wall-clock boundaries (whole minutes, ten minutes, hours), oldest
+    first; the last one is the bucket in progress."""
+    bucket_s = window.bucket_s
+    buckets = math.ceil(window.span.total_seconds() / bucket_s)
+    origin_epoch = (math.floor(end.timestamp()) // bucket_s - (buckets - 1)) * bucket_s
+    origin = datetime.fromtimestamp(origin_epoch, tz=UTC)
+    return [origin + i * window.bucket for i in range(buckets)]
+
+
+@dataclass(frozen=True)
+class _BucketStats:
+    groups: list[dict]  # per status code, as _dashboard_groups returns them (without "bucket")
+    percentiles: dict[str, float | None]  # "<column>:<percentile>" -> value
+
+
+def _bucket_stats(*, starts: Sequence[datetime], bucket: timedelta, end: datetime) -> tuple[list[_BucketStats], int]:
+    """The stats of the consecutive buckets at `starts` (cut at `end`): the kept ones from DashboardBucket, the
+    rest from the request log, then kept where they are finished; and how many were added to those kept."""
+    bucket_s = int(bucket.total_seconds())
+    found: list[_BucketStats | None] = [None] * len(starts)
+    index_of = {start: index for index, start in enumerate(starts)}
+    kept = DashboardBucket.objects.filter(bucket_s=bucket_s, start__gte=starts[0], start__lte=starts[-1])
+    for start, groups, percentiles in kept.values_list("start", "groups", "percentiles"):
+        index = index_of.get(start)
+        # A bucket kept before PERCENTILES changed lacks the new ones: worked out again.
+        if index is not None and PERCENTILE_KEYS <= percentiles.keys():
+            found[index] = _BucketStats(groups=groups, percentiles=percentiles)
+    missing = [index for index, stats in enumerate(found) if stats is None]
+    if not missing:
+        return found, 0
+
+    # The missing buckets are usually the last few: one range query from the first of them covers all.
+    by_bucket: dict[int, list[dict]] = {index: [] for index in missing}
+    for group in _dashboard_groups(
+        origin=starts[0], start=starts[missing[0]], end=min(starts[-1] + bucket, end), bucket_s=bucket_s
+    ):
+        index = group.pop("bucket")
+        if index in by_bucket:
+            by_bucket[index].append(group)
+    ranges = [(starts[index], min(starts[index] + bucket, end)) for index in missing]
+    counts = [sum(group["generations"] for group in by_bucket[index]) for index in missing]
+    percentiles = _bucket_percentiles(ranges=ranges, counts=counts)
+    for position, index in enumerate(missing):
+        found[index] = _BucketStats(
+            groups=by_bucket[index], percentiles={key: values[position] for key, values in percentiles.items()}
+        )
+
+    settled_before = _settled_before(timezone.now())
+    finished = [index for index in missing if starts[index] + bucket <= min(end, settled_before)]
+    # ignore_conflicts: two dashboards (or a dashboard and the log writer) may work out the same bucket at once.
+    DashboardBucket.objects.bulk_create(
+        [
+            DashboardBucket(
+                bucket_s=bucket_s, start=starts[index], groups=found[index].groups, percentiles=found[index].percentiles
+            )
+            for index in finished
+        ],
+        ignore_conflicts=True,
+    )
+    return found, len(finished)
 
 
 @dataclass
@@ -181,6 +287,13 @@ class _BucketTotals:
     tokens_per_s_sum: float = 0.0
     tokens_per_s_count: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_groups(cls, groups: Sequence[dict]) -> _BucketTotals:
+        totals = cls()
+        for group in groups:
+            totals.add(group)
+        return totals
 
     def add(self, group: dict) -> None:
         status_code, requests = group["status_code"], group["requests"]
@@ -219,13 +332,14 @@ def _percent(part: int, whole: int) -> float | None:
     return round(100 * part / whole, 3) if whole else None
 
 
-def _dashboard_groups(*, origin: datetime, end: datetime, bucket_s: int) -> list[dict]:
-    """Counts and sums per (bucket, status code): a few hundred rows for any window.
+def _dashboard_groups(*, origin: datetime, start: datetime, end: datetime, bucket_s: int) -> list[dict]:
+    """Counts and sums per (bucket, status code) of the rows received in [start, end), buckets numbered from
+    `origin`: a few hundred rows for any window.
 
     The columns read are all in `requestlog_dashboard_idx`, so the database scans that index only.
     """
     return list(
-        RequestLog.objects.filter(received_at__gte=origin, received_at__lt=end)
+        RequestLog.objects.filter(received_at__gte=start, received_at__lt=end)
         .annotate(bucket=BucketIndex("received_at", origin=origin, bucket_s=bucket_s))
         .values("bucket", "status_code")
         .annotate(
@@ -242,7 +356,7 @@ def _dashboard_groups(*, origin: datetime, end: datetime, bucket_s: int) -> list
 
 def _bucket_percentiles(
     *, ranges: Sequence[tuple[datetime, datetime]], counts: Sequence[int]
-) -> dict[tuple[str, int], list[float | None]]:
+) -> dict[str, list[float | None]]:
     """p50 and p95 of latency and time to first token per bucket, in one statement.
 
     Each percentile is the generation at rank ceil(p/100 * n) of its bucket (n counted by the first
@@ -251,9 +365,7 @@ def _bucket_percentiles(
     (SQLite's window functions, PERCENT_RANK and friends, took over a second per column for a
     million rows; this takes under one for both columns.)
     """
-    result: dict[tuple[str, int], list[float | None]] = {
-        (column, p): [None] * len(ranges) for column in ("total_ms", "ttft_ms") for p in PERCENTILES
-    }
+    result: dict[str, list[float | None]] = {key: [None] * len(ranges) for key in PERCENTILE_KEYS}
     wanted: list[tuple[str, int, int]] = []
     parts: list[str] = []
     params: list = []
@@ -261,7 +373,7 @@ def _bucket_percentiles(
         if not count:
             continue
         bounds = [connection.ops.adapt_datetimefield_value(start), connection.ops.adapt_datetimefield_value(stop)]
-        for column in ("total_ms", "ttft_ms"):
+        for column in PERCENTILE_COLUMNS:
             for p in PERCENTILES:
                 rank = max(math.ceil(p / 100 * count), 1) - 1  # 0-based
                 descending = rank >= count / 2
@@ -269,7 +381,7 @@ def _bucket_percentiles(
                 params += [*bounds, count - 1 - rank if descending else rank]
                 wanted.append((column, p, index))
     for (column, p, index), value in zip(wanted, _select_scalars(parts, params), strict=True):
-        result[(column, p)][index] = None if value is None else round(value, 3)
+        result[f"{column}:{p}"][index] = None if value is None else round(value, 3)
     return result
 
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from monitoring import metrics
 
-from . import media
+from . import media, selectors
 from .backend import MemoryStats, memory_stats, resolve_device
 from .engine import GenerationResult, Job
 from .errors import InvalidRequest, MediaError
@@ -320,9 +320,21 @@ def request_finish(*, record: RequestRecord) -> None:
 
 def write_request_log_batch(records: list[RequestRecord]) -> None:
     """The log writer's batch, on its own thread: a connection that died (a restarted database) or outlived
-    DATABASE_CONN_MAX_AGE is replaced first, as Django does at the start of each request."""
+    DATABASE_CONN_MAX_AGE is replaced first, as Django does at the start of each request. Then, once a minute, the
+    dashboard's newly finished buckets are worked out, so the dashboard never has to read days of rows."""
+    global _next_dashboard_settle
     close_old_connections()
     write_request_log(records=records)
+    if time.monotonic() >= _next_dashboard_settle:
+        _next_dashboard_settle = time.monotonic() + DASHBOARD_SETTLE_EVERY_S
+        try:
+            selectors.dashboard_buckets_settle()
+        except Exception:
+            logger.exception("working out the dashboard's finished buckets failed")
+
+
+DASHBOARD_SETTLE_EVERY_S = 60.0
+_next_dashboard_settle = 0.0  # time.monotonic(); only the log writer's thread reads and sets it
 
 
 request_log_writer: BatchWriter[RequestRecord] = BatchWriter(write_request_log_batch, name="vlm-request-log")
@@ -338,6 +350,11 @@ def write_request_log(*, records: list[RequestRecord]) -> None:
     """Insert the records' rows in one transaction. If that fails, row by row, so one bad row (a reused
     request id) costs no other; a row that still fails is logged with its request id."""
     rows = [request_log_row(record) for record in records]
+    _write_rows(rows)
+    _forget_dashboard_buckets_of_late_rows(rows)
+
+
+def _write_rows(rows: list[RequestLog]) -> None:
     if len(rows) > 1:
         try:
             with transaction.atomic():
@@ -350,6 +367,18 @@ def write_request_log(*, records: list[RequestRecord]) -> None:
             _insert_row(row)
         except Exception:
             logger.exception("could not write the request log row for %s", row.id)
+
+
+def _forget_dashboard_buckets_of_late_rows(rows: list[RequestLog]) -> None:
+    """A row written after its dashboard buckets may have been worked out (a request that outlived its deadline
+    by minutes) drops them, so they are worked out again with it."""
+    settled_before = timezone.now() - selectors.dashboard_settle_delay()
+    late = [row.received_at for row in rows if row.received_at < settled_before]
+    if late:
+        try:
+            selectors.dashboard_buckets_forget(start=min(late), end=max(late) + timedelta(microseconds=1))
+        except Exception:
+            logger.exception("could not drop the dashboard buckets of %d late request-log rows", len(late))
 
 
 def _insert_row(row: RequestLog) -> None:

@@ -12,13 +12,21 @@ import random
 import re
 import uuid
 from collections import defaultdict
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.management import call_command
 
-from inference.models import RequestLog
-from inference.selectors import DASHBOARD_WINDOWS, request_log_dashboard
+from inference.models import DashboardBucket, RequestLog
+from inference.selectors import (
+    DASHBOARD_WINDOWS,
+    dashboard_buckets_forget,
+    dashboard_buckets_settle,
+    request_log_dashboard,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -188,24 +196,107 @@ def test_an_unknown_window_shows_the_last_hour(client, staff):
     assert chart_data(client.get(DASHBOARD, {"window": "week"}))["window"] == "week"
 
 
-def test_the_page_costs_the_same_queries_for_ten_rows_or_a_thousand(client, staff, django_assert_num_queries):
+def test_the_page_costs_the_same_queries_for_ten_rows_or_a_thousand(
+    client, staff, django_assert_num_queries, django_assert_max_num_queries
+):
     client.force_login(staff)
     now = datetime.now(UTC)
     rng = random.Random(3)
     for count in (10, 1000):
         RequestLog.objects.all().delete()
+        DashboardBucket.objects.all().delete()
         RequestLog.objects.bulk_create(random_rows(rng, count, start=now - timedelta(minutes=50), seconds=2900))
-        # The session, the user, the user's and groups' permissions, the (bucket, status) groups, the percentiles.
-        with django_assert_num_queries(6):
+        # The session, the user, the user's and groups' permissions; the kept buckets (none yet), the (bucket,
+        # status) groups, the percentiles; the finished buckets kept.
+        with django_assert_num_queries(8):
+            assert client.get(DASHBOARD, {"window": "hour"}).status_code == 200
+        # Then only the buckets that are not finished are read from the log (no percentiles if none of them
+        # holds a generation), and nothing is kept.
+        with django_assert_max_num_queries(7):
             assert client.get(DASHBOARD, {"window": "hour"}).status_code == 200
 
 
-def test_only_staff_who_may_view_the_log_see_it(client, django_user_model, staff):
-    anonymous = client.get(DASHBOARD)
-    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/admin/login/")
-    client.force_login(django_user_model.objects.create_user("plain", password="a-long-test-password"))
-    assert client.get(DASHBOARD).status_code == 302  # not staff: the admin's login again
-    client.force_login(django_user_model.objects.create_user("other-staff", password="x-long-password", is_staff=True))
-    assert client.get(DASHBOARD).status_code == 403
-    client.force_login(staff)
-    assert client.get(DASHBOARD).status_code == 200
+# --- finished buckets, kept -------------------------------------------------------------------------
+
+
+WEEK = DASHBOARD_WINDOWS["week"]
+
+
+def week_of_rows(rng: random.Random, count: int) -> list[RequestLog]:
+    start = NOW - timedelta(days=7)
+    return RequestLog.objects.bulk_create(random_rows(rng, count, start=start, seconds=7 * 86400))
+
+
+def as_compared(dashboard) -> tuple:
+    return asdict(dashboard.series), asdict(dashboard.totals)
+
+
+def test_kept_buckets_chart_what_the_rows_say(django_assert_num_queries):
+    week_of_rows(random.Random(11), 3000)
+    worked_out = request_log_dashboard(window=WEEK, now=NOW)
+    # NOW is long past: every bucket but the one in progress is finished, and kept.
+    assert DashboardBucket.objects.filter(bucket_s=3600).count() == 167
+
+    with django_assert_num_queries(3):  # the kept buckets; the groups and percentiles of the last bucket only
+        kept = request_log_dashboard(window=WEEK, now=NOW)
+
+    assert as_compared(kept) == as_compared(worked_out)
+    assert kept.totals.requests == RequestLog.objects.filter(received_at__gte=kept.start, received_at__lt=NOW).count()
+
+
+def test_a_bucket_is_kept_only_once_no_request_in_it_can_still_be_running(settings):
+    settings.VLM_REQUEST_TIMEOUT_S = 600
+    now = datetime.now(UTC)
+    RequestLog.objects.bulk_create(random_rows(random.Random(5), 200, start=now - timedelta(hours=1), seconds=3600))
+
+    request_log_dashboard(window=HOUR, now=now)
+
+    kept = sorted(DashboardBucket.objects.filter(bucket_s=60).values_list("start", flat=True))
+    # 600 s of deadline and 5 minutes for the fetches, the client and the log writer.
+    settled_before = now - timedelta(minutes=15)
+    assert kept and kept[-1] + timedelta(minutes=1) <= settled_before < kept[-1] + timedelta(minutes=2)
+    assert len(kept) == len(set(kept))
+
+
+def test_rows_changed_behind_its_back_show_once_their_buckets_are_forgotten():
+    rows = week_of_rows(random.Random(12), 2000)
+    before = request_log_dashboard(window=WEEK, now=NOW).totals.requests
+    old = [row for row in rows if row.received_at < NOW - timedelta(days=2)]
+    RequestLog.objects.filter(pk__in=[row.pk for row in old[:10]]).delete()
+    # The kept buckets still count them: they are derived data, dropped by whoever changes past rows.
+    assert request_log_dashboard(window=WEEK, now=NOW).totals.requests == before
+
+    deleted = sorted(row.received_at for row in old[:10])
+    dashboard_buckets_forget(start=deleted[0], end=deleted[-1] + timedelta(microseconds=1))
+
+    assert request_log_dashboard(window=WEEK, now=NOW).totals.requests == before - 10
+
+
+def test_settling_works_out_every_window_ahead_of_the_page(django_assert_num_queries):
+    week_of_rows(random.Random(13), 1500)
+
+    added = dashboard_buckets_settle(now=NOW)
+
+    # All but the buckets that end in the last 10 minutes before NOW (VLM_REQUEST_TIMEOUT_S, 300 s, and 5
+    # minutes of slack): the last 11 of the hour's minutes, 2 of the day's ten minutes, 1 of the week's hours.
+    assert added == 49 + 142 + 167
+    assert dashboard_buckets_settle(now=NOW) == 0
+    with django_assert_num_queries(3):  # the kept buckets; the groups and percentiles of the last hour only
+        request_log_dashboard(window=WEEK, now=NOW)
+
+
+def test_pruning_drops_the_buckets_of_the_rows_it_deletes():
+    now = datetime.now(UTC)
+    RequestLog.objects.bulk_create(
+        random_rows(random.Random(14), 900, start=now - timedelta(days=3), seconds=3 * 86400)
+    )
+    dashboard_buckets_settle(now=now)
+    assert DashboardBucket.objects.filter(start__lt=now - timedelta(days=1)).exists()
+
+    call_command("prune_request_log", "--older-than", "1d", stdout=StringIO())
+
+    cut = datetime.now(UTC) - timedelta(days=1)
+    assert not DashboardBucket.objects.filter(start__lt=cut).exists()
+    assert DashboardBucket.objects.filter(start__gte=cut).exists()
+    week = request_log_dashboard(window=WEEK)
+    assert week.totals.requests == RequestLog.objects.filter(received_at__gte=week.start).count() < 900

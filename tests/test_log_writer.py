@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -98,3 +99,46 @@ def test_a_batch_with_a_reused_request_id_keeps_every_row(settings):
     assert RequestLog.objects.count() == 4
     assert RequestLog.objects.filter(id__in=[batch[0].request_id, batch[2].request_id]).count() == 2
     assert RequestLog.objects.filter(client_ip="192.0.2.7").count() == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_thread_works_out_the_dashboards_finished_buckets(settings, monkeypatch):
+    from inference import services
+    from inference.models import DashboardBucket
+
+    settings.VLM_REQUEST_LOG_WRITER = "thread"
+    monkeypatch.setattr(services, "_next_dashboard_settle", 0.0)  # as in a new process: due at the first batch
+    earlier = record()
+    earlier.received_at -= timedelta(hours=3)
+    services.write_request_log(records=[earlier])
+
+    request_finish(record=record())
+    assert request_log_writer.flush(timeout=60)
+
+    week = DashboardBucket.objects.filter(bucket_s=3600)
+    assert week.count() == 167  # the week's hours but the one in progress
+    (kept,) = [bucket for bucket in week if bucket.groups]
+    assert kept.start <= earlier.received_at < kept.start + timedelta(hours=1)
+    assert kept.groups[0]["status_code"] == 400 and kept.groups[0]["requests"] == 1
+    assert services._next_dashboard_settle > time.monotonic() + 30  # and not again for a minute
+
+
+@pytest.mark.django_db
+def test_a_row_written_after_its_buckets_were_kept_drops_them():
+    from inference.models import DashboardBucket
+    from inference.selectors import DASHBOARD_WINDOWS, dashboard_buckets_settle, request_log_dashboard
+    from inference.services import write_request_log
+
+    dashboard_buckets_settle()
+    week = DASHBOARD_WINDOWS["week"]
+    assert request_log_dashboard(window=week).totals.requests == 0
+    late = record()  # a request that arrived two hours ago and is only now on record
+    late.received_at -= timedelta(hours=2)
+
+    write_request_log(records=[late])
+
+    assert not DashboardBucket.objects.filter(
+        start__lte=late.received_at, start__gt=late.received_at - timedelta(hours=1)
+    ).exists()
+    assert request_log_dashboard(window=week).totals.requests == 1

@@ -26,8 +26,9 @@ from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.throttling import BaseThrottle
 
-from inference.models import RequestLog
+from inference.models import DashboardBucket, RequestLog
 from inference.runtime import runtime
+from inference.selectors import DASHBOARD_WINDOWS, request_log_dashboard
 from inference.views import GenerateApi
 
 from .samples import data_uri, image_bytes
@@ -294,7 +295,8 @@ def test_prune_refuses_an_age_it_cannot_read(db, age):
 
 
 def test_seed_inserts_plausible_rows_spread_over_the_days_asked(db):
-    call_command("seed_request_log", "--rows", "600", "--days", "2", "--batch-size", "250", stdout=StringIO())
+    out = StringIO()
+    call_command("seed_request_log", "--rows", "600", "--days", "2", "--batch-size", "250", stdout=out)
     rows = list(RequestLog.objects.all())
     assert len(rows) == 600
     now = timezone.now()
@@ -304,3 +306,8 @@ def test_seed_inserts_plausible_rows_spread_over_the_days_asked(db):
     assert statuses[200] > 450 and len(statuses) >= 5
     answers = [row for row in rows if row.status_code == 200 and row.endpoint == GENERATE]
     assert all(row.ttft_ms < row.total_ms and row.output_tokens and row.output_tokens_per_s for row in answers)
+    # As a live server's log writer would have done over those days: the dashboard's finished buckets are ready.
+    kept = DashboardBucket.objects.count()
+    assert kept >= 49 + 142 + 166 and f"Worked out {kept} finished dashboard buckets" in out.getvalue()
+    week = request_log_dashboard(window=DASHBOARD_WINDOWS["week"])
+    assert week.totals.requests == 600

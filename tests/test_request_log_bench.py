@@ -35,4 +35,5 @@ def test_request_log_bench_writes_every_row_and_renders_the_dashboard():
     written = re.findall(r"(\d+) rows stored of (\d+) written; (\d+) errors", output)
     assert written == [("400", "400", "0")] * 2, output  # inline, then the writer thread
     for window in ("hour", "day", "week"):
-        assert f"dashboard, {window} window, 3000 rows" in output
+        assert f"dashboard, {window} window, 3000 rows, finished buckets kept: " in output
+        assert f"dashboard, {window} window, 3000 rows, every bucket from the rows: " in output

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from inference.models import RequestLog
+from inference.selectors import dashboard_buckets_forget
 
 AGE_PATTERN = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
 AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -39,6 +40,7 @@ def request_log_prune(*, before: datetime, batch_size: int = 5000) -> int:
     while True:
         batch = list(old_rows.values_list("pk", flat=True)[:batch_size])
         if not batch:
+            dashboard_buckets_forget(start=None, end=before)
             return deleted
         count, _ = RequestLog.objects.filter(pk__in=batch).delete()
         deleted += count
