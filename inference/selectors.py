@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import NotSupportedError, connection
-from django.db.models import Count, Func, IntegerField, QuerySet, Sum
+from django.db.models import Count, Func, IntegerField, Q, QuerySet, Sum
 from django.utils import timezone
 
 from .models import DashboardBucket, RequestLog
@@ -172,14 +172,20 @@ def dashboard_buckets_settle(*, now: datetime | None = None) -> int:
     """Work out and keep every finished bucket of every window that is not kept yet; returns how many.
 
     The request-log writer calls this once a minute, so the dashboard finds its buckets ready however long
-    nobody looked at it; the dashboard keeps what it had to compute itself as well.
+    nobody looked at it; the dashboard keeps what it had to compute itself as well. Buckets older than their
+    window are dropped.
     """
     end = now or timezone.now()
     added = 0
+    shown = Q()
     for window in DASHBOARD_WINDOWS.values():
-        finished = [start for start in _window_starts(window, end) if start + window.bucket <= _settled_before(end)]
+        starts = _window_starts(window, end)
+        shown |= Q(bucket_s=window.bucket_s, start__gte=starts[0])
+        finished = [start for start in starts if start + window.bucket <= _settled_before(end)]
         if finished:
             added += _bucket_stats(starts=finished, bucket=window.bucket, end=end)[1]
+    # Only what a window can show is kept: the table stays at a few hundred rows, however long the log.
+    DashboardBucket.objects.exclude(shown).delete()
     return added
 
 

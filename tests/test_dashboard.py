@@ -281,6 +281,12 @@ def test_settling_works_out_every_window_ahead_of_the_page(django_assert_num_que
     # minutes of slack): the last 11 of the hour's minutes, 2 of the day's ten minutes, 1 of the week's hours.
     assert added == 49 + 142 + 167
     assert dashboard_buckets_settle(now=NOW) == 0
+    # A week on, the buckets of NOW's windows are out of every window and dropped: a few hundred rows at most.
+    dashboard_buckets_settle(now=NOW + timedelta(days=7, hours=1))
+    assert not DashboardBucket.objects.filter(start__lt=NOW).exists()
+    assert DashboardBucket.objects.count() <= 60 + 144 + 168
+
+    dashboard_buckets_settle(now=NOW)
     with django_assert_num_queries(3):  # the kept buckets; the groups and percentiles of the last hour only
         request_log_dashboard(window=WEEK, now=NOW)
 
