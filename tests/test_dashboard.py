@@ -19,6 +19,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
+from django.db import connection
 
 from inference.models import DashboardBucket, RequestLog
 from inference.selectors import (
@@ -33,6 +34,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 NOW = datetime(2026, 3, 4, 12, 30, 15, 500_000, tzinfo=UTC)
 HOUR = DASHBOARD_WINDOWS["hour"]
 DASHBOARD = "/admin/dashboard/"
+
+
+def reading_the_log(queries: int) -> int:
+    """The queries of a render that reads the request log: PostgreSQL's run in a transaction with JIT off, three
+    more here (SAVEPOINT inside the test's transaction, SET LOCAL, RELEASE)."""
+    return queries + (3 if connection.vendor == "postgresql" else 0)
 
 
 def log_row(received_at: datetime, *, status_code: int = 200, total_ms: float | None = None, **fields) -> RequestLog:
@@ -208,11 +215,11 @@ def test_the_page_costs_the_same_queries_for_ten_rows_or_a_thousand(
         RequestLog.objects.bulk_create(random_rows(rng, count, start=now - timedelta(minutes=50), seconds=2900))
         # The session, the user, the user's and groups' permissions; the kept buckets (none yet), the (bucket,
         # status) groups, the percentiles; the finished buckets kept.
-        with django_assert_num_queries(8):
+        with django_assert_num_queries(reading_the_log(8)):
             assert client.get(DASHBOARD, {"window": "hour"}).status_code == 200
         # Then only the buckets that are not finished are read from the log (no percentiles if none of them
         # holds a generation), and nothing is kept.
-        with django_assert_max_num_queries(7):
+        with django_assert_max_num_queries(reading_the_log(7)):
             assert client.get(DASHBOARD, {"window": "hour"}).status_code == 200
 
 
@@ -237,7 +244,9 @@ def test_kept_buckets_chart_what_the_rows_say(django_assert_num_queries):
     # NOW is long past: every bucket but the one in progress is finished, and kept.
     assert DashboardBucket.objects.filter(bucket_s=3600).count() == 167
 
-    with django_assert_num_queries(3):  # the kept buckets; the groups and percentiles of the last bucket only
+    with django_assert_num_queries(
+        reading_the_log(3)
+    ):  # the kept buckets; the groups and percentiles of the last bucket only
         kept = request_log_dashboard(window=WEEK, now=NOW)
 
     assert as_compared(kept) == as_compared(worked_out)
@@ -287,7 +296,9 @@ def test_settling_works_out_every_window_ahead_of_the_page(django_assert_num_que
     assert DashboardBucket.objects.count() <= 60 + 144 + 168
 
     dashboard_buckets_settle(now=NOW)
-    with django_assert_num_queries(3):  # the kept buckets; the groups and percentiles of the last hour only
+    with django_assert_num_queries(
+        reading_the_log(3)
+    ):  # the kept buckets; the groups and percentiles of the last hour only
         request_log_dashboard(window=WEEK, now=NOW)
 
 
