@@ -320,17 +320,21 @@ def request_finish(*, record: RequestRecord) -> None:
 
 def write_request_log_batch(records: list[RequestRecord]) -> None:
     """The log writer's batch, on its own thread: a connection that died (a restarted database) or outlived
-    DATABASE_CONN_MAX_AGE is replaced first, as Django does at the start of each request. Then, once a minute, the
+    DATABASE_CONN_MAX_AGE is replaced first, as Django does at the start and end of each request. Then, once a minute, the
     dashboard's newly finished buckets are worked out, so the dashboard never has to read days of rows."""
     global _next_dashboard_settle
     close_old_connections()
-    write_request_log(records=records)
-    if time.monotonic() >= _next_dashboard_settle:
-        _next_dashboard_settle = time.monotonic() + DASHBOARD_SETTLE_EVERY_S
-        try:
-            selectors.dashboard_buckets_settle()
-        except Exception:
-            logger.exception("working out the dashboard's finished buckets failed")
+    try:
+        write_request_log(records=records)
+        if time.monotonic() >= _next_dashboard_settle:
+            _next_dashboard_settle = time.monotonic() + DASHBOARD_SETTLE_EVERY_S
+            try:
+                selectors.dashboard_buckets_settle()
+            except Exception:
+                logger.exception("working out the dashboard's finished buckets failed")
+    finally:
+        # And closed after, as at the end of a request: with DATABASE_CONN_MAX_AGE=0 an idle writer holds none.
+        close_old_connections()
 
 
 DASHBOARD_SETTLE_EVERY_S = 60.0
