@@ -4,24 +4,25 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0002_request_log_indexes'),
+        ("inference", "0002_request_log_indexes"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DashboardBucket',
+            name="DashboardBucket",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('bucket_s', models.PositiveIntegerField(help_text='Length of the bucket in seconds.')),
-                ('start', models.DateTimeField()),
-                ('groups', models.JSONField(default=list)),
-                ('percentiles', models.JSONField(default=dict)),
-                ('computed_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("bucket_s", models.PositiveIntegerField(help_text="Length of the bucket in seconds.")),
+                ("start", models.DateTimeField()),
+                ("groups", models.JSONField(default=list)),
+                ("percentiles", models.JSONField(default=dict)),
+                ("computed_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('bucket_s', 'start'), name='dashboardbucket_unique_start')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("bucket_s", "start"), name="dashboardbucket_unique_start")
+                ],
             },
         ),
     ]
