@@ -117,7 +117,9 @@ def test_the_writer_thread_works_out_the_dashboards_finished_buckets(settings, m
     assert request_log_writer.flush(timeout=60)
 
     week = DashboardBucket.objects.filter(bucket_s=3600)
-    assert week.count() == 167  # the week's hours but the one in progress
+    # The week's hours but the one in progress, and the one before it too in the first 10 minutes of an hour (it
+    # settles VLM_REQUEST_TIMEOUT_S, 300 s, plus 5 minutes after it ends).
+    assert week.count() in (166, 167)
     (kept,) = [bucket for bucket in week if bucket.groups]
     assert kept.start <= earlier.received_at < kept.start + timedelta(hours=1)
     assert kept.groups[0]["status_code"] == 400 and kept.groups[0]["requests"] == 1
