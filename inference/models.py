@@ -94,7 +94,6 @@ class DashboardBucket(models.Model):
     groups = models.JSONField(default=list)
     # "<column>:<percentile>" -> value, e.g. "total_ms:95"; None where the bucket had no generation.
     percentiles = models.JSONField(default=dict)
-    computed_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["bucket_s", "start"], name="dashboardbucket_unique_start")]

@@ -177,12 +177,13 @@ def dashboard_buckets_settle(*, now: datetime | None = None) -> int:
     window are dropped.
     """
     end = now or timezone.now()
+    settled_before = end - dashboard_settle_delay()
     added = 0
     shown = Q()
     for window in DASHBOARD_WINDOWS.values():
         starts = _window_starts(window, end)
         shown |= Q(bucket_s=window.bucket_s, start__gte=starts[0])
-        finished = [start for start in starts if start + window.bucket <= _settled_before(end)]
+        finished = [start for start in starts if start + window.bucket <= settled_before]
         if finished:
             added += _bucket_stats(starts=finished, bucket=window.bucket, end=end)[1]
     # Only what a window can show is kept: the table stays at a few hundred rows, however long the log.
@@ -214,10 +215,6 @@ DASHBOARD_SETTLE_SLACK = timedelta(minutes=5)
 
 def dashboard_settle_delay() -> timedelta:
     return timedelta(seconds=settings.VLM_REQUEST_TIMEOUT_S) + DASHBOARD_SETTLE_SLACK
-
-
-def _settled_before(end: datetime) -> datetime:
-    return end - dashboard_settle_delay()
 
 
 def _window_starts(window: DashboardWindow, end: datetime) -> list[datetime]:
@@ -269,7 +266,7 @@ def _bucket_stats(*, starts: Sequence[datetime], bucket: timedelta, end: datetim
             groups=by_bucket[index], percentiles={key: values[position] for key, values in percentiles.items()}
         )
 
-    settled_before = _settled_before(timezone.now())
+    settled_before = timezone.now() - dashboard_settle_delay()
     finished = [index for index in missing if starts[index] + bucket <= min(end, settled_before)]
     # ignore_conflicts: two dashboards (or a dashboard and the log writer) may work out the same bucket at once.
     DashboardBucket.objects.bulk_create(

@@ -319,9 +319,9 @@ def request_finish(*, record: RequestRecord) -> None:
 
 
 def write_request_log_batch(records: list[RequestRecord]) -> None:
-    """The log writer's batch, on its own thread: a connection that died (a restarted database) or outlived
-    DATABASE_CONN_MAX_AGE is replaced first, as Django does at the start and end of each request. Then, once a minute, the
-    dashboard's newly finished buckets are worked out, so the dashboard never has to read days of rows."""
+    """The log writer's batch, on its own thread. As around a request, a connection that died (a restarted
+    database) or outlived DATABASE_CONN_MAX_AGE is closed before and after. Once a minute the dashboard's newly
+    finished buckets are worked out too, so the dashboard never has to read days of rows."""
     global _next_dashboard_settle
     close_old_connections()
     try:
@@ -333,8 +333,7 @@ def write_request_log_batch(records: list[RequestRecord]) -> None:
             except Exception:
                 logger.exception("working out the dashboard's finished buckets failed")
     finally:
-        # And closed after, as at the end of a request: with DATABASE_CONN_MAX_AGE=0 an idle writer holds none.
-        close_old_connections()
+        close_old_connections()  # with DATABASE_CONN_MAX_AGE=0, an idle writer holds no connection
 
 
 DASHBOARD_SETTLE_EVERY_S = 60.0

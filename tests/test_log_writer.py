@@ -144,3 +144,29 @@ def test_a_row_written_after_its_buckets_were_kept_drops_them():
         start__lte=late.received_at, start__gt=late.received_at - timedelta(hours=1)
     ).exists()
     assert request_log_dashboard(window=week).totals.requests == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_writer_holds_no_database_connection(settings):
+    """With DATABASE_CONN_MAX_AGE=0 (PostgreSQL's default here) the writer closes its connection after each batch,
+    as Django does after a request; a connection left open kept the test database from being dropped."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("counts server sessions in pg_stat_activity")
+    assert connection.settings_dict["CONN_MAX_AGE"] == 0
+    settings.VLM_REQUEST_LOG_WRITER = "thread"
+
+    def other_sessions() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+    request_finish(record=record())
+    assert request_log_writer.flush(timeout=60)
+
+    assert RequestLog.objects.count() == 1
+    assert other_sessions() == 0

@@ -17,7 +17,6 @@ class Migration(migrations.Migration):
                 ("start", models.DateTimeField()),
                 ("groups", models.JSONField(default=list)),
                 ("percentiles", models.JSONField(default=dict)),
-                ("computed_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
                 "constraints": [
